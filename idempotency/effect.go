@@ -128,6 +128,31 @@ func (JSONCodec[Out]) Decode(b []byte) (Out, error) {
 // Use it with a struct holding exactly the fields that define the payload.
 func FingerprintJSON(v any) ([]byte, error) { return json.Marshal(v) }
 
+// Identity returns the key and the stored fingerprint of in, exactly as Run
+// computes them: the fingerprint is the SHA-256 of Fingerprint's bytes, or
+// nil without a Fingerprint function. Sweeps use it to pre-flight
+// candidates; contract tests use it to check that keys are stable.
+func (e *Effect[In, Out]) Identity(in In) (Key, []byte, error) {
+	if err := e.validate(); err != nil {
+		return Key{}, nil, err
+	}
+	key, err := e.Key(in)
+	if err != nil {
+		return Key{}, nil, fmt.Errorf("idempotency: %s: key: %w", e.Name, err)
+	}
+	if key.IsZero() {
+		return Key{}, nil, fmt.Errorf("idempotency: %s: %w", e.Name, &KeyError{Reason: "Key returned the zero Key", Err: ErrEmptyNamespace})
+	}
+	if e.Fingerprint == nil {
+		return key, nil, nil
+	}
+	raw, err := e.Fingerprint(in)
+	if err != nil {
+		return Key{}, nil, fmt.Errorf("%w: %s: fingerprint: %v", ErrInvalidEffect, e.Name, err)
+	}
+	return key, hashFingerprint(raw), nil
+}
+
 func hashFingerprint(b []byte) []byte {
 	sum := sha256.Sum256(b)
 	return sum[:]

@@ -195,22 +195,11 @@ func run[In, Out any](ctx context.Context, x *Executor, e *Effect[In, Out], in I
 		return res, err
 	}
 	// Key and fingerprint: computed once, never again (the call may mutate in).
-	key, err := e.Key(in)
+	key, fp, err := e.Identity(in)
 	if err != nil {
-		return res, fmt.Errorf("idempotency: %s: key: %w", e.Name, err)
-	}
-	if key.IsZero() {
-		return res, fmt.Errorf("idempotency: %s: %w", e.Name, &KeyError{Reason: "Key returned the zero Key", Err: ErrEmptyNamespace})
+		return res, err
 	}
 	res.Key = key
-	var fp []byte
-	if e.Fingerprint != nil {
-		raw, err := e.Fingerprint(in)
-		if err != nil {
-			return res, fmt.Errorf("%w: %s: fingerprint: %v", ErrInvalidEffect, e.Name, err)
-		}
-		fp = hashFingerprint(raw)
-	}
 	lease := e.Lease
 	if lease == 0 {
 		lease = x.cfg.Lease
