@@ -137,8 +137,8 @@ func FuzzKey(f *testing.F) {
 		ka, errA := space.Key(idempotency.Str("p1", a1), idempotency.Str("p2", a2), idempotency.Int("p3", a3))
 		kb, errB := space.Key(idempotency.Str("p1", b1), idempotency.Str("p2", b2), idempotency.Int("p3", b3))
 		for _, c := range []struct {
-			k        idempotency.Key
-			err      error
+			k      idempotency.Key
+			err    error
 			s1, s2 string
 		}{{ka, errA, a1, a2}, {kb, errB, b1, b2}} {
 			if c.err != nil {
