@@ -24,6 +24,14 @@ const (
 	// Effect.DedupWindow). Right also where the call is known to be safe
 	// to repeat.
 	ExpiredRetry
+	// ExpiredRetryUncalled takes an expired claim over only if its worker
+	// died before calling the provider, and parks it otherwise. The
+	// executor records the start of each call (one more statement per
+	// first-time run), so a provider that does not deduplicate (a postback
+	// receiver, a payout) is never called twice for one intent by a
+	// takeover, yet a worker that died right after claiming does not need
+	// an operator.
+	ExpiredRetryUncalled
 )
 
 // Effect describes one kind of external side effect, such as "create the

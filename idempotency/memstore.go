@@ -82,6 +82,7 @@ func (s *MemStore) Claim(ctx context.Context, req ClaimRequest) (Claim, error) {
 		return Claim{Record: copyRecord(r)}, nil
 	}
 	if canTakeOver(r, req, now) {
+		r.CallStarted = false
 		r.Token = s.nextToken()
 		r.Attempts++
 		r.LeaseUntil = now.Add(req.Lease)
@@ -99,7 +100,7 @@ func canTakeOver(r *Record, req ClaimRequest, now time.Time) bool {
 	if r.LeaseUntil.IsZero() { // released
 		return true
 	}
-	if now.Before(r.LeaseUntil) || !req.TakeOver {
+	if now.Before(r.LeaseUntil) || !req.TakeOver || (req.OnlyUncalled && r.CallStarted) {
 		return false
 	}
 	return req.Window <= 0 || now.Sub(r.FirstClaimedAt) < req.Window
@@ -167,7 +168,24 @@ func (s *MemStore) Release(ctx context.Context, req ReleaseRequest) error {
 	}
 	r.LeaseUntil = time.Time{}
 	r.Parked = req.Park
+	r.CallStarted = r.CallStarted && req.Park
 	r.Reason = req.Reason
+	r.UpdatedAt = s.now()
+	return nil
+}
+
+// MarkCalling implements Store.
+func (s *MemStore) MarkCalling(ctx context.Context, key string, token int64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, err := s.held(key, token)
+	if err != nil {
+		return err
+	}
+	r.CallStarted = true
 	r.UpdatedAt = s.now()
 	return nil
 }

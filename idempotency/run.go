@@ -207,12 +207,13 @@ func run[In, Out any](ctx context.Context, x *Executor, e *Effect[In, Out], in I
 	codec := e.codec()
 
 	claim, err := x.store.Claim(ctx, ClaimRequest{
-		Key:         key.String(),
-		Namespace:   key.Namespace(),
-		Fingerprint: fp,
-		Lease:       lease,
-		TakeOver:    e.Expired == ExpiredRetry,
-		Window:      e.DedupWindow,
+		Key:          key.String(),
+		Namespace:    key.Namespace(),
+		Fingerprint:  fp,
+		Lease:        lease,
+		TakeOver:     e.Expired == ExpiredRetry || e.Expired == ExpiredRetryUncalled,
+		OnlyUncalled: e.Expired == ExpiredRetryUncalled,
+		Window:       e.DedupWindow,
 	})
 	if err != nil {
 		res.Outcome = OutcomeError
@@ -225,6 +226,17 @@ func run[In, Out any](ctx context.Context, x *Executor, e *Effect[In, Out], in I
 
 	// We hold the claim under claim.Record.Token.
 	token := claim.Record.Token
+	if e.Expired == ExpiredRetryUncalled {
+		if err := x.store.MarkCalling(ctx, key.String(), token); err != nil {
+			// Nothing was called: the claim stays pending and expires;
+			// being uncalled, it is then taken over.
+			res.Outcome = OutcomeError
+			if errors.Is(err, ErrClaimLost) {
+				res.Outcome = OutcomeInFlight
+			}
+			return res, fmt.Errorf("idempotency: %s: mark calling: %w", e.Name, err)
+		}
+	}
 	out, calls, callErr := callProvider(ctx, x, e, key, in)
 	res.Calls = calls
 

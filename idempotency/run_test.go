@@ -507,3 +507,31 @@ func TestRunLogsNamespaceOnlyInHMACMode(t *testing.T) {
 	require.Equal(t, []idempotency.Outcome{idempotency.OutcomeRetryable, idempotency.OutcomeApplied, idempotency.OutcomeAlreadyApplied},
 		[]idempotency.Outcome{events[0].Outcome, events[1].Outcome, events[2].Outcome})
 }
+
+func TestRunExpiredRetryUncalledNeverCallsTwice(t *testing.T) {
+	t.Parallel()
+	e := setup(t, nil)
+	eff := *e.eff
+	eff.Expired = idempotency.ExpiredRetryUncalled
+
+	// A worker that died after claiming, before calling: taken over.
+	_, err := e.store.Claim(e.ctx, idempotency.ClaimRequest{Key: e.mustKeyNoT(r1), Namespace: "orders.refund", Fingerprint: fingerprint(500), Lease: time.Minute})
+	require.NoError(t, err)
+	e.clock.Advance(2 * time.Minute)
+	res, err := idempotency.Run(e.ctx, e.x, &eff, r1)
+	require.NoError(t, err)
+	require.Equal(t, idempotency.OutcomeApplied, res.Outcome)
+
+	// A worker that died after its call started: parked, never called again.
+	r2 := refund{Order: "ord_1", Request: "rr_2", Amount: 100}
+	crashing := eff
+	crashing.OnComplete = func(context.Context, any, refund, string) error { return errors.New("crash") }
+	res, _ = idempotency.Run(e.ctx, e.x, &crashing, r2)
+	require.Equal(t, idempotency.OutcomeError, res.Outcome)
+	e.clock.Advance(10 * time.Minute)
+	res, err = idempotency.Run(e.ctx, e.x, &eff, r2)
+	require.ErrorIs(t, err, idempotency.ErrNeedsReconciliation)
+	require.Zero(t, res.Calls)
+	calls, _ := e.p.stats()
+	require.Equal(t, 2, calls, "one call per intent, none from a takeover after a started call")
+}

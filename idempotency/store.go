@@ -54,6 +54,9 @@ type Record struct {
 	// Parked is set on a pending record that must not be retried blindly
 	// and waits for an operator (see Store.Settle).
 	Parked bool
+	// CallStarted is set by MarkCalling: a provider call began under the
+	// current claim. Cleared by Release and by a takeover.
+	CallStarted bool
 	// Reason holds the last failure or park reason.
 	Reason         string
 	FirstClaimedAt time.Time
@@ -81,6 +84,9 @@ type ClaimRequest struct {
 	// (policy ExpiredRetry). Without it such a record is reported as
 	// needing reconciliation.
 	TakeOver bool
+	// OnlyUncalled restricts TakeOver to records whose provider call never
+	// started (Record.CallStarted unset): policy ExpiredRetryUncalled.
+	OnlyUncalled bool
 	// Window, when positive, is the provider's dedup window: a pending
 	// record first claimed longer ago than Window is never taken over,
 	// because the provider no longer remembers the key.
@@ -157,8 +163,9 @@ type Store interface {
 	// returns the active record already there. It takes over an existing
 	// pending record (new token, Attempts+1) when that record was released,
 	// or when its lease has expired, req.TakeOver is set, it is within
-	// req.Window, and its fingerprint equals req.Fingerprint. It never takes
-	// over a parked record. It does all this atomically, in one round trip
+	// req.Window, its fingerprint equals req.Fingerprint and, with
+	// req.OnlyUncalled, its call never started. It never takes over a
+	// parked record. A takeover clears CallStarted. It does all this atomically, in one round trip
 	// for durable stores.
 	Claim(ctx context.Context, req ClaimRequest) (Claim, error)
 
@@ -168,8 +175,14 @@ type Store interface {
 	// ErrClaimLost.
 	Complete(ctx context.Context, req CompleteRequest) (Record, error)
 
+	// MarkCalling records that the holder of the claim is about to call
+	// the provider (Record.CallStarted). A stale token changes nothing and
+	// returns ErrClaimLost. Only effects with ExpiredRetryUncalled use it.
+	MarkCalling(ctx context.Context, key string, token int64) error
+
 	// Release lets go of the held claim: the record stays pending and is
 	// either free for the next Claim or, with Park, stuck for an operator.
+	// Without Park it clears CallStarted (the provider said it did not act).
 	// A stale token changes nothing and returns ErrClaimLost.
 	Release(ctx context.Context, req ReleaseRequest) error
 

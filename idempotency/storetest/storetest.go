@@ -293,6 +293,40 @@ var cases = []struct {
 			t.Fatalf("an expired claim must not be taken over with another payload: %+v", c)
 		}
 	}},
+	{"OnlyUncalledTakesOverClaimsWhoseCallNeverStarted", func(t *testing.T, b *bundle) {
+		called, uncalled := newKey(), newKey()
+		c1 := mustAcquire(t, b, req(called))
+		mustAcquire(t, b, req(uncalled))
+		if err := b.store.MarkCalling(b.ctx, called, c1.Token+1000); !errors.Is(err, idempotency.ErrClaimLost) {
+			t.Fatalf("MarkCalling with a wrong token: want ErrClaimLost, got %v", err)
+		}
+		if err := b.store.MarkCalling(b.ctx, called, c1.Token); err != nil {
+			t.Fatal(err)
+		}
+		if rec, _ := lookupOne(t, b, called); !rec.CallStarted {
+			t.Fatalf("MarkCalling must set CallStarted: %+v", rec)
+		}
+		b.clock.Advance(lease + time.Second)
+		r := req(called)
+		r.TakeOver, r.OnlyUncalled = true, true
+		if c := mustClaim(t, b, r); c.Acquired || !c.Stuck {
+			t.Fatalf("a claim whose call started must not be taken over under OnlyUncalled: %+v", c)
+		}
+		r.Key = uncalled
+		got := mustAcquire(t, b, r)
+		if got.CallStarted || got.Attempts != 2 {
+			t.Fatalf("takeover of an uncalled claim: %+v", got)
+		}
+		if err := b.store.MarkCalling(b.ctx, uncalled, got.Token); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.store.Release(b.ctx, idempotency.ReleaseRequest{Key: uncalled, Token: got.Token, Reason: "503"}); err != nil {
+			t.Fatal(err)
+		}
+		if rec, _ := lookupOne(t, b, uncalled); rec.CallStarted {
+			t.Fatalf("Release must clear CallStarted: %+v", rec)
+		}
+	}},
 	{"ReleasedClaimIsClaimableAtOnce", func(t *testing.T, b *bundle) {
 		key := newKey()
 		first := mustAcquire(t, b, req(key))
