@@ -90,7 +90,9 @@ type Effect[In, Out any] struct {
 	Retry *RetryPolicy
 }
 
-func (e *Effect[In, Out]) validate() error {
+// Validate reports whether the effect is usable: errors match
+// ErrInvalidEffect. Run and Identity call it first.
+func (e *Effect[In, Out]) Validate() error {
 	switch {
 	case e == nil:
 		return fmt.Errorf("%w: nil effect", ErrInvalidEffect)
@@ -141,7 +143,7 @@ func FingerprintJSON(v any) ([]byte, error) { return json.Marshal(v) }
 // nil without a Fingerprint function. Sweeps use it to pre-flight
 // candidates; contract tests use it to check that keys are stable.
 func (e *Effect[In, Out]) Identity(in In) (Key, []byte, error) {
-	if err := e.validate(); err != nil {
+	if err := e.Validate(); err != nil {
 		return Key{}, nil, err
 	}
 	key, err := e.Key(in)

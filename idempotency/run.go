@@ -191,7 +191,7 @@ func run[In, Out any](ctx context.Context, x *Executor, e *Effect[In, Out], in I
 	if x == nil {
 		return res, fmt.Errorf("%w: nil executor", ErrInvalidEffect)
 	}
-	if err := e.validate(); err != nil {
+	if err := e.Validate(); err != nil {
 		return res, err
 	}
 	// Key and fingerprint: computed once, never again (the call may mutate in).
@@ -206,7 +206,13 @@ func run[In, Out any](ctx context.Context, x *Executor, e *Effect[In, Out], in I
 	}
 	codec := e.codec()
 
-	claim, err := x.store.Claim(ctx, ClaimRequest{
+	// Claim with a context that cannot be cancelled half way: a cancelled
+	// statement may still commit, leaving a pending row nobody holds.
+	if err := ctx.Err(); err != nil {
+		res.Outcome = OutcomeError
+		return res, fmt.Errorf("idempotency: %s: %w", e.Name, err)
+	}
+	claim, err := x.store.Claim(context.WithoutCancel(ctx), ClaimRequest{
 		Key:          key.String(),
 		Namespace:    key.Namespace(),
 		Fingerprint:  fp,
@@ -361,8 +367,12 @@ func callProvider[In, Out any](ctx context.Context, x *Executor, e *Effect[In, O
 		if class != ClassRetryable && class != ClassUnknown {
 			return out, calls, err
 		}
-		delay := max(backoff, after)
-		if x.sleep(ctx, min(delay, max(pol.MaxBackoff, after))) != nil {
+		if after > pol.MaxBackoff {
+			// The provider asks for longer than we hold claims for in-run
+			// waits: release and let the next run (or sweep) retry.
+			return out, calls, err
+		}
+		if x.sleep(ctx, max(backoff, after)) != nil {
 			return out, calls, err // cancelled while waiting: report the last failure
 		}
 		backoff = min(backoff*2, pol.MaxBackoff)

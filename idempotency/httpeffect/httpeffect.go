@@ -1,0 +1,360 @@
+package httpeffect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/effectonce/effectonce/idempotency"
+)
+
+// DefaultHeaderName is the request header that carries the key unless
+// Config.HeaderName says otherwise, as in the IETF HTTPAPI draft "The
+// Idempotency-Key HTTP Header Field".
+const DefaultHeaderName = "Idempotency-Key"
+
+// DefaultMaxBody is how many bytes of a response body are kept unless
+// Config.MaxBody says otherwise.
+const DefaultMaxBody = 64 << 10
+
+// DefaultTimeout is the timeout of the client used when Config.Client is
+// nil, for the whole exchange (connection, request, response body).
+const DefaultTimeout = 10 * time.Second
+
+var (
+	// ErrNoKey is returned, classified permanent, for a request without a
+	// key. Nothing was sent.
+	ErrNoKey = errors.New("httpeffect: no idempotency key; request not sent")
+	// ErrInvalidConfig is returned, classified permanent, by Do for a
+	// Config it cannot use. Nothing was sent.
+	ErrInvalidConfig = errors.New("httpeffect: invalid config")
+)
+
+// defaultClient does not follow redirects: a redirected POST becomes a GET
+// elsewhere, and the effect may or may not have happened at the first URL.
+var defaultClient = &http.Client{
+	Timeout:       DefaultTimeout,
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
+// oneShotClient is the default client for receivers that ignore the key:
+// it never reuses a connection, because net/http's transport re-sends a
+// request carrying an Idempotency-Key header when a reused connection drops
+// before the answer, and such a receiver may have acted on the first one.
+var oneShotClient = func() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DisableKeepAlives = true
+	return &http.Client{Timeout: DefaultTimeout, CheckRedirect: defaultClient.CheckRedirect, Transport: t}
+}()
+
+// Config configures the adapter. The zero value (or nil) is ready to use.
+type Config struct {
+	// Client sends the requests. Nil means a client with a DefaultTimeout
+	// (10s) timeout that does not follow redirects (a 3xx is then a
+	// permanent failure); with ReceiverIgnoresKey, one that also opens a
+	// connection per request. Keep the effect's lease well above the
+	// timeout times the in-run attempts.
+	Client *http.Client
+
+	// HeaderName is the request header that carries the key. Empty means
+	// DefaultHeaderName ("Idempotency-Key"). It must be a valid header
+	// field name.
+	HeaderName string
+
+	// MaxBody is how many bytes of the response body are kept in Response
+	// (and so in the ledger). Zero means DefaultMaxBody (64 KiB).
+	MaxBody int64
+
+	// KeepHeaders names the response headers kept in Response.Header.
+	// Nil means Content-Type and Location. Other headers are dropped so
+	// that cookies and tokens never reach the ledger.
+	KeepHeaders []string
+
+	// ReceiverIgnoresKey says the receiver does not deduplicate by the
+	// key. Answers that leave the effect's fate unknown (the connection
+	// lost after the request was written, 500, 502, 504) are then
+	// classified idempotency.Reconcile instead of Retryable, because a
+	// retry could repeat the effect: the record is parked for an operator.
+	// Refusals that say nothing happened (408, 425, 429, 503, a request
+	// never written) stay retryable.
+	//
+	// It also keeps net/http from re-sending a request by itself: Go's
+	// transport replays a request carrying an Idempotency-Key header when
+	// a reused connection drops before the answer. The default client then
+	// never reuses connections, and a request with a body is sent without
+	// GetBody. A Client of your own should disable keep-alives too, or the
+	// transport may still replay a request without a body.
+	ReceiverIgnoresKey bool
+}
+
+// resolved is a validated Config with its defaults filled in.
+type resolved struct {
+	client     *http.Client
+	header     string
+	maxBody    int64
+	keep       []string
+	ignoresKey bool
+}
+
+func (c *Config) resolve() (*resolved, error) {
+	var cfg Config
+	if c != nil {
+		cfg = *c
+	}
+	r := &resolved{client: cfg.Client, header: cfg.HeaderName, maxBody: cfg.MaxBody, ignoresKey: cfg.ReceiverIgnoresKey}
+	if r.client == nil {
+		r.client = defaultClient
+		if r.ignoresKey {
+			r.client = oneShotClient
+		}
+	}
+	if r.header == "" {
+		r.header = DefaultHeaderName
+	}
+	if !validHeaderName(r.header) {
+		return nil, fmt.Errorf("%w: HeaderName %q is not a valid header field name", ErrInvalidConfig, r.header)
+	}
+	r.header = http.CanonicalHeaderKey(r.header)
+	if r.maxBody < 0 {
+		return nil, fmt.Errorf("%w: negative MaxBody", ErrInvalidConfig)
+	}
+	if r.maxBody == 0 {
+		r.maxBody = DefaultMaxBody
+	}
+	if cfg.KeepHeaders == nil {
+		r.keep = []string{"Content-Type", "Location"}
+	} else {
+		for _, h := range cfg.KeepHeaders {
+			r.keep = append(r.keep, http.CanonicalHeaderKey(h))
+		}
+	}
+	return r, nil
+}
+
+// validHeaderName reports whether s is an RFC 9110 token.
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Response is what the receiver answered to a successful request. It is
+// the effect's result, stored in the ledger (JSON-encoded by default) and
+// replayed to later deliveries of the same intent.
+type Response struct {
+	// Status is the HTTP status code.
+	Status int `json:"status"`
+	// Header holds the response headers named in Config.KeepHeaders.
+	Header http.Header `json:"header,omitempty"`
+	// Body is the start of the response body, at most Config.MaxBody bytes.
+	Body []byte `json:"body,omitempty"`
+	// Truncated reports that Body is not the whole body (longer than
+	// MaxBody, or cut short after a 2xx status was received).
+	Truncated bool `json:"truncated,omitempty"`
+}
+
+// StatusError is the cause of a non-2xx answer. Do returns it wrapped in
+// the idempotency class of its status; match it with errors.As.
+type StatusError struct {
+	Method string
+	Host   string // the request's host; the path and query are left out
+	// Response is the answer, with the same bounds as a success.
+	Response Response
+}
+
+func (e *StatusError) Error() string {
+	msg := fmt.Sprintf("httpeffect: %s %s: %d %s", e.Method, e.Host, e.Response.Status, http.StatusText(e.Response.Status))
+	if len(e.Response.Body) > 0 {
+		body := e.Response.Body
+		if len(body) > 200 {
+			body = body[:200]
+		}
+		msg += ": " + strconv.Quote(string(body))
+	}
+	return msg
+}
+
+// Effect returns an effect that performs one HTTP request per call, built
+// by build and sent by Do with the key in the configured header.
+//
+// build is called for every attempt, in-run retries included, so a request
+// body is never a reader already drained by the previous attempt: build a
+// fresh request each time, from in only. Its errors are returned as they
+// are when classified (idempotency.Retryable, ...) and as permanent
+// otherwise; nothing is sent.
+//
+// Set the returned effect's other fields (Fingerprint, Lease, Retry,
+// OnComplete, Expired, DedupWindow) before its first run.
+//
+// Effect panics if build is nil or cfg is invalid (a HeaderName that is not
+// a header field name, a negative MaxBody): a configuration mistake found
+// when the program starts, not at the first delivery.
+func Effect[In any](name string, key func(In) (idempotency.Key, error), build func(ctx context.Context, in In) (*http.Request, error), cfg *Config) *idempotency.Effect[In, Response] {
+	if build == nil {
+		panic("httpeffect: Effect " + name + ": nil build function")
+	}
+	r, err := cfg.resolve()
+	if err != nil {
+		panic(fmt.Sprintf("httpeffect: Effect %s: %v", name, err))
+	}
+	return &idempotency.Effect[In, Response]{
+		Name: name,
+		Key:  key,
+		Call: func(ctx context.Context, k idempotency.Key, in In) (Response, error) {
+			if k.IsZero() {
+				return Response{}, idempotency.Permanent(ErrNoKey)
+			}
+			req, err := build(ctx, in)
+			if err != nil {
+				if c, _ := idempotency.Classify(err); c != idempotency.ClassUnknown {
+					return Response{}, err
+				}
+				return Response{}, idempotency.Permanent(fmt.Errorf("httpeffect: %s: build request: %w", name, err))
+			}
+			return r.do(ctx, k, req)
+		},
+	}
+}
+
+// Do sends req with key in the configured header (replacing any value req
+// had) and classifies the answer for the executor:
+//
+//   - 2xx: success.
+//   - network errors, 408, 425, 429 and 5xx: idempotency.Retryable, with
+//     the Retry-After header's delay (seconds or an HTTP date) when given.
+//     With Config.ReceiverIgnoresKey, see there.
+//   - 409: idempotency.Retryable. In the IETF draft, a request with this
+//     key is still being processed; back off and retry with the same key.
+//   - 422: idempotency.Mismatch. In the IETF draft, the key was used with
+//     another payload.
+//   - other 4xx, 3xx (redirects are not followed by the default client)
+//     and anything else: idempotency.Permanent.
+//
+// Failures wrap a *StatusError for an answer, or the client's error. A
+// zero key is ErrNoKey: nothing is sent. Do does not modify req; it sends a
+// clone bound to ctx. cfg may be nil.
+func Do(ctx context.Context, key idempotency.Key, req *http.Request, cfg *Config) (Response, error) {
+	r, err := cfg.resolve()
+	if err != nil {
+		return Response{}, idempotency.Permanent(err)
+	}
+	return r.do(ctx, key, req)
+}
+
+func (r *resolved) do(ctx context.Context, key idempotency.Key, req *http.Request) (Response, error) {
+	if key.IsZero() {
+		return Response{}, idempotency.Permanent(ErrNoKey)
+	}
+	if req == nil || req.URL == nil {
+		return Response{}, idempotency.Permanent(errors.New("httpeffect: nil request or URL"))
+	}
+	// Learn whether the request was written in full: an error after that
+	// leaves the effect's fate unknown.
+	var written atomic.Bool
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		WroteRequest: func(info httptrace.WroteRequestInfo) {
+			if info.Err == nil {
+				written.Store(true)
+			}
+		},
+	})
+	out := req.Clone(ctx)
+	out.Header.Set(r.header, key.String())
+	if r.ignoresKey && out.Body != nil && out.Body != http.NoBody {
+		out.GetBody = nil // not replayable by the transport
+	}
+
+	resp, err := r.client.Do(out)
+	if err != nil {
+		err = fmt.Errorf("httpeffect: %s %s: %w", req.Method, req.URL.Host, err)
+		if written.Load() && r.ignoresKey {
+			return Response{}, idempotency.Reconcile(err)
+		}
+		return Response{}, idempotency.Retryable(err, 0)
+	}
+	res, bodyErr := r.read(resp)
+	if 200 <= res.Status && res.Status < 300 {
+		// The receiver said it acted; a body cut short does not undo that.
+		if bodyErr != nil {
+			res.Truncated = true
+		}
+		return res, nil
+	}
+	serr := &StatusError{Method: req.Method, Host: req.URL.Host, Response: res}
+	switch s := res.Status; {
+	case s == http.StatusRequestTimeout, s == http.StatusTooEarly, s == http.StatusTooManyRequests, s == http.StatusServiceUnavailable:
+		return res, idempotency.Retryable(serr, retryAfter(resp.Header.Get("Retry-After"), time.Now()))
+	case s >= 500 && s < 600:
+		if r.ignoresKey {
+			return res, idempotency.Reconcile(serr)
+		}
+		return res, idempotency.Retryable(serr, retryAfter(resp.Header.Get("Retry-After"), time.Now()))
+	case s == http.StatusConflict:
+		return res, idempotency.Retryable(serr, retryAfter(resp.Header.Get("Retry-After"), time.Now()))
+	case s == http.StatusUnprocessableEntity:
+		return res, idempotency.Mismatch(serr)
+	default:
+		return res, idempotency.Permanent(serr)
+	}
+}
+
+// read keeps the status, the kept headers and at most maxBody bytes of the
+// body, then closes it.
+func (r *resolved) read(resp *http.Response) (Response, error) {
+	defer resp.Body.Close()
+	res := Response{Status: resp.StatusCode}
+	for _, h := range r.keep {
+		if v := resp.Header.Values(h); len(v) > 0 {
+			if res.Header == nil {
+				res.Header = http.Header{}
+			}
+			res.Header[h] = append([]string(nil), v...)
+		}
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, r.maxBody+1))
+	if int64(len(body)) > r.maxBody {
+		body, res.Truncated = body[:r.maxBody], true
+		// Drain a little so the connection can be reused; give up on more.
+		_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
+	}
+	if len(body) > 0 {
+		res.Body = body
+	}
+	return res, err
+}
+
+// retryAfter parses a Retry-After value: delay-seconds or an HTTP date
+// (RFC 9110, 10.2.3). Invalid or past values mean no delay.
+func retryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		return time.Duration(min(secs, int64(1<<62)/int64(time.Second))) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}

@@ -1,0 +1,397 @@
+package sweep
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+
+	"github.com/effectonce/effectonce/idempotency"
+)
+
+// ErrInvalidConfig is returned by Run for a Config it cannot use, before
+// the Source is read.
+var ErrInvalidConfig = errors.New("sweep: invalid config")
+
+// Default values of Config's fields.
+const (
+	DefaultBatchSize   = 500
+	DefaultConcurrency = 8
+)
+
+// Config configures a sweep. The zero value (or nil) is ready to use.
+type Config struct {
+	// BatchSize is the number of candidates pre-flighted with one
+	// Store.Lookup. Zero means DefaultBatchSize (500).
+	BatchSize int
+
+	// Concurrency is the number of runs in flight at once. Zero means
+	// DefaultConcurrency (8).
+	Concurrency int
+
+	// Limiter, when set, limits provider calls: each call, in-run retries
+	// included, waits for a token. Claims, lookups and candidates settled
+	// without a call consume none. Set it below the provider's limit,
+	// leaving room for the rest of the service: Stripe allows about 100
+	// requests per second in live mode and 25 in test mode, per account.
+	//
+	// The wait happens while the run holds its claim, so keep the effect's
+	// lease well above Concurrency divided by the rate. When the limiter
+	// cannot grant a token before the context's deadline, the sweep stops
+	// taking candidates and Run returns an error wrapping
+	// context.DeadlineExceeded. Nil means unlimited.
+	Limiter *rate.Limiter
+
+	// OnProgress, when set, is called after each batch with the cumulative
+	// counts. Calls never overlap: they come from the goroutine the Source
+	// yields from, between batches.
+	OnProgress func(Progress)
+}
+
+func (c *Config) withDefaults() (Config, error) {
+	var cfg Config
+	if c != nil {
+		cfg = *c
+	}
+	switch {
+	case cfg.BatchSize < 0:
+		return cfg, fmt.Errorf("%w: negative BatchSize %d", ErrInvalidConfig, cfg.BatchSize)
+	case cfg.Concurrency < 0:
+		return cfg, fmt.Errorf("%w: negative Concurrency %d", ErrInvalidConfig, cfg.Concurrency)
+	case cfg.Limiter != nil && cfg.Limiter.Limit() != rate.Inf && cfg.Limiter.Burst() < 1:
+		return cfg, fmt.Errorf("%w: Limiter has a burst of %d and would never grant a call", ErrInvalidConfig, cfg.Limiter.Burst())
+	}
+	if cfg.BatchSize == 0 {
+		cfg.BatchSize = DefaultBatchSize
+	}
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = DefaultConcurrency
+	}
+	return cfg, nil
+}
+
+// Run sweeps the candidates of src through effect e, batch by batch:
+//
+//  1. Keys and fingerprints are computed for the batch (Effect.Identity). A
+//     candidate whose key or fingerprint cannot be computed is counted as
+//     Invalid and listed in Failures; the sweep goes on.
+//  2. One Store.Lookup pre-flights the whole batch. A candidate whose active
+//     record is applied or skipped with the same fingerprint is counted as
+//     AlreadyApplied; one held with another fingerprint as a Mismatch.
+//     Neither is claimed nor called.
+//  3. Every other candidate goes through idempotency.Run, at most
+//     Config.Concurrency at once. The claim, not the pre-flight, is the
+//     guard: a duplicate within a batch, or another worker sweeping the
+//     same candidates, ends in AlreadyApplied or InFlight, never in a
+//     second provider call.
+//  4. Config.OnProgress gets the cumulative counts.
+//
+// Batches run one after the other. A failed run is not fatal: it is counted
+// and listed in Report.Failures.
+//
+// Run stops early only when ctx is done, the Limiter cannot grant a call
+// before ctx's deadline, a Lookup fails or src fails. It then takes no
+// further candidate, waits for the runs in flight and returns the partial
+// report with the error. A run in flight is never torn: its store
+// statements do not see ctx's cancellation, a provider call not yet
+// started is not started (the claim is released, the outcome retryable),
+// and a provider call under way gets ctx and ends as its error is
+// classified (released, failed, or parked). So every key the sweep claimed
+// ends applied, skipped, failed, released for the next sweep, or parked
+// for reconciliation; none stays pending under a live lease. Candidates
+// taken but never run are counted as Unstarted. With in-run retries
+// (RetryPolicy), a cancelled run still waits out its backoff before giving
+// up.
+func Run[In, Out any](ctx context.Context, x *idempotency.Executor, e *idempotency.Effect[In, Out], src Source[In], cfg *Config) (Report, error) {
+	rep := Report{Outcomes: map[idempotency.Outcome]int{}}
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return rep, err
+	}
+	if err := validate(x, e, src); err != nil {
+		return rep, err
+	}
+	s := &sweeper[In, Out]{x: x, store: x.Store(), cfg: c, rep: rep}
+	s.eff = s.wrap(ctx, e)
+
+	buf := make([]In, 0, c.BatchSize)
+	srcErr := src(ctx, func(items []In) error {
+		for len(items) > 0 {
+			if err := s.stopErr(ctx); err != nil {
+				return err
+			}
+			n := min(len(items), c.BatchSize-len(buf))
+			buf = append(buf, items[:n]...)
+			items = items[n:]
+			if len(buf) == c.BatchSize {
+				err := s.batch(ctx, buf)
+				clear(buf) // drop references to processed inputs
+				buf = buf[:0]
+				if err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	// The last, short batch. Candidates taken before a source error are
+	// still swept; after a stop they are only counted.
+	if len(buf) > 0 {
+		if s.stopErr(ctx) == nil {
+			_ = s.batch(ctx, buf)
+		} else {
+			s.mu.Lock()
+			s.rep.Candidates += len(buf)
+			s.rep.Unstarted += len(buf)
+			s.next += len(buf)
+			s.mu.Unlock()
+		}
+	}
+	return s.finish(ctx, srcErr)
+}
+
+// validate checks what Effect.Identity would otherwise report for every
+// candidate, so a misconfigured effect fails the sweep once, up front.
+func validate[In, Out any](x *idempotency.Executor, e *idempotency.Effect[In, Out], src Source[In]) error {
+	switch {
+	case x == nil:
+		return fmt.Errorf("%w: sweep: nil executor", idempotency.ErrInvalidEffect)
+	case e.Validate() != nil:
+		return fmt.Errorf("sweep: %w", e.Validate())
+	case src == nil:
+		return fmt.Errorf("%w: nil source", ErrInvalidConfig)
+	}
+	return nil
+}
+
+type sweeper[In, Out any] struct {
+	x     *idempotency.Executor
+	store idempotency.Store
+	eff   *idempotency.Effect[In, Out] // the caller's effect, Call wrapped
+	cfg   Config
+	calls atomic.Int64 // provider calls really made
+
+	// stopped is set once the sweep must take no further candidate for a
+	// reason other than ctx: the limiter ran out of time, or a lookup
+	// failed. stopCause (under mu) says why.
+	stopped atomic.Bool
+
+	mu        sync.Mutex
+	rep       Report
+	stopCause error
+	next      int // Index of the next candidate taken
+}
+
+// wrap copies e with a Call that refuses to start once the sweep is
+// cancelled, waits for the limiter, and counts the calls really made.
+//
+// Runs get a context detached from ctx's cancellation, so a claim, a
+// completion or a release is never torn mid-statement (a claim cancelled
+// after the database committed it would leave a pending record nobody
+// holds). The provider call itself, and the wait for a token, use ctx.
+func (s *sweeper[In, Out]) wrap(ctx context.Context, e *idempotency.Effect[In, Out]) *idempotency.Effect[In, Out] {
+	eff := *e
+	call, lim := e.Call, s.cfg.Limiter
+	eff.Call = func(_ context.Context, key idempotency.Key, in In) (Out, error) {
+		var zero Out
+		if err := ctx.Err(); err != nil {
+			return zero, idempotency.Retryable(fmt.Errorf("sweep: cancelled before the call: %w", err), 0)
+		}
+		if lim != nil {
+			if err := lim.Wait(ctx); err != nil {
+				if ctx.Err() == nil {
+					// Not cancelled: no token before the deadline. Stop
+					// the sweep rather than churn through claims.
+					s.stop(fmt.Errorf("sweep: stopped: rate limiter has no token before the deadline (%v): %w", err, context.DeadlineExceeded))
+				}
+				return zero, idempotency.Retryable(fmt.Errorf("sweep: rate limiter: %w", err), 0)
+			}
+		}
+		s.calls.Add(1)
+		return call(ctx, key, in)
+	}
+	return &eff
+}
+
+// stop makes the sweep take no further candidate; the first cause wins.
+func (s *sweeper[In, Out]) stop(cause error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopCause == nil {
+		s.stopCause = cause
+	}
+	s.stopped.Store(true)
+}
+
+// stopErr returns why no further candidate may start, or nil.
+func (s *sweeper[In, Out]) stopErr(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if !s.stopped.Load() {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopCause
+}
+
+type candidate[In any] struct {
+	index int
+	in    In
+	key   idempotency.Key
+	fp    []byte
+}
+
+// batch pre-flights and runs one batch. It returns an error only when the
+// sweep must stop.
+func (s *sweeper[In, Out]) batch(ctx context.Context, items []In) error {
+	s.mu.Lock()
+	base := s.next
+	s.next += len(items)
+	s.rep.Candidates += len(items)
+	s.rep.Batches++
+	firstFailure := len(s.rep.Failures)
+	s.mu.Unlock()
+
+	// 1. Identity of every candidate; duplicate keys looked up once.
+	valid := make([]candidate[In], 0, len(items))
+	keys := make([]string, 0, len(items))
+	seen := make(map[string]struct{}, len(items))
+	for i, in := range items {
+		key, fp, err := s.eff.Identity(in)
+		if err != nil {
+			s.record(Failure{Index: base + i, Err: err})
+			continue
+		}
+		valid = append(valid, candidate[In]{index: base + i, in: in, key: key, fp: fp})
+		if _, dup := seen[key.String()]; !dup {
+			seen[key.String()] = struct{}{}
+			keys = append(keys, key.String())
+		}
+	}
+
+	// 2. One pre-flight lookup for the batch.
+	var active map[string]idempotency.Record
+	if len(keys) > 0 {
+		if err := s.stopErr(ctx); err != nil {
+			s.unstarted(len(valid))
+			return s.done(firstFailure, err)
+		}
+		s.mu.Lock()
+		s.rep.Lookups++
+		s.mu.Unlock()
+		var err error
+		active, err = s.store.Lookup(ctx, keys)
+		if err != nil {
+			s.unstarted(len(valid))
+			if ctx.Err() != nil {
+				return s.done(firstFailure, ctx.Err())
+			}
+			s.stop(fmt.Errorf("sweep: %s: lookup of %d keys: %w", s.eff.Name, len(keys), err))
+			return s.done(firstFailure, s.stopErr(ctx))
+		}
+	}
+
+	// 3. Settle what the pre-flight can; run the rest.
+	var g errgroup.Group
+	g.SetLimit(s.cfg.Concurrency)
+	for _, c := range valid {
+		if rec, ok := active[c.key.String()]; ok {
+			if !rec.FingerprintMatches(c.fp) {
+				s.preflighted(Failure{Index: c.index, Key: c.key, Outcome: idempotency.OutcomeMismatch,
+					Err: &idempotency.MismatchError{Key: rec.Key, Stored: rec}})
+				continue
+			}
+			if rec.Status.Done() {
+				s.preflighted(Failure{Index: c.index, Key: c.key, Outcome: idempotency.OutcomeAlreadyApplied})
+				continue
+			}
+			// Pending: the claim decides (in flight, take over, stuck).
+		}
+		if s.stopErr(ctx) != nil {
+			s.unstarted(1)
+			continue
+		}
+		g.Go(func() error {
+			// Checked again: Go may have waited for a slot.
+			if s.stopErr(ctx) != nil {
+				s.unstarted(1)
+				return nil
+			}
+			res, err := idempotency.Run(context.WithoutCancel(ctx), s.x, s.eff, c.in)
+			if res.Outcome == 0 {
+				// Run refused the input before touching the store.
+				s.record(Failure{Index: c.index, Key: c.key, Err: err})
+				return nil
+			}
+			s.record(Failure{Index: c.index, Key: res.Key, Outcome: res.Outcome, Err: err})
+			return nil
+		})
+	}
+	_ = g.Wait() // the goroutines never return an error
+	return s.done(firstFailure, s.stopErr(ctx))
+}
+
+// record counts one candidate's outcome; f.Outcome zero means invalid.
+func (s *sweeper[In, Out]) record(f Failure) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f.Outcome == 0 {
+		s.rep.Invalid++
+	} else {
+		s.rep.Outcomes[f.Outcome]++
+	}
+	if f.Err != nil && f.Outcome != idempotency.OutcomeInFlight {
+		s.rep.Failures = append(s.rep.Failures, f)
+	}
+}
+
+func (s *sweeper[In, Out]) preflighted(f Failure) {
+	s.record(f)
+	s.mu.Lock()
+	s.rep.SavedByPreflight++
+	s.mu.Unlock()
+}
+
+func (s *sweeper[In, Out]) unstarted(n int) {
+	s.mu.Lock()
+	s.rep.Unstarted += n
+	s.mu.Unlock()
+}
+
+// done closes a batch: failures sorted by index, calls counted, progress
+// reported. It passes err through.
+func (s *sweeper[In, Out]) done(firstFailure int, err error) error {
+	s.mu.Lock()
+	slices.SortFunc(s.rep.Failures[firstFailure:], func(a, b Failure) int { return a.Index - b.Index })
+	s.rep.ProviderCalls = int(s.calls.Load())
+	snap := s.rep.snapshot()
+	s.mu.Unlock()
+	if s.cfg.OnProgress != nil {
+		s.cfg.OnProgress(Progress{Report: snap})
+	}
+	return err
+}
+
+// finish returns the report and why the sweep stopped, if it did.
+func (s *sweeper[In, Out]) finish(ctx context.Context, srcErr error) (Report, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rep.ProviderCalls = int(s.calls.Load())
+	rep := s.rep.snapshot()
+	switch {
+	case ctx.Err() != nil:
+		return rep, ctx.Err()
+	case s.stopCause != nil:
+		return rep, s.stopCause
+	case srcErr != nil:
+		return rep, fmt.Errorf("sweep: %s: source: %w", s.eff.Name, srcErr)
+	}
+	return rep, nil
+}
