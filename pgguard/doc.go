@@ -1,0 +1,151 @@
+// Package pgguard is where the exactly-once guarantee lives when the
+// database is PostgreSQL: a partial unique index over the active rows
+// decides, under any concurrency, which worker may act.
+//
+// It holds three things:
+//
+//   - Store, the ledger behind idempotency.Executor: claim with a lease and
+//     a fencing token, complete, release, fail, revoke, look up, list and
+//     settle stuck claims. It passes idempotency/storetest in every pgx
+//     query execution mode, the simple protocol (PgBouncer) included.
+//   - Migrate and MigrateTx, which create the ledger from the embedded
+//     plain SQL files (Migrations), safe to run at every start-up and from
+//     many processes at once; teams with their own migration tool copy the
+//     files instead.
+//   - A toolkit for teams' own domain tables guarded by a partial unique
+//     index (Guard): InsertOnce and InsertOnceRow (a unique violation on the
+//     guard's index means "already there", inside a transaction too),
+//     Exists and ExistingKeys (pre-flight checks, one query per batch),
+//     FetchActive, IsUniqueViolation, Guard.IndexDDL and
+//     Guard.OnConflictDoNothing.
+//
+// # The flow of one effect
+//
+//	db, _ := pgxpool.New(ctx, dsn)
+//	_ = pgguard.Migrate(ctx, db, nil)       // once, at start-up
+//	store, _ := pgguard.New(db, nil)
+//	exec, _ := idempotency.NewExecutor(store, nil)
+//	res, err := idempotency.Run(ctx, exec, effect, input)
+//
+// Each Run goes through these steps:
+//
+//  1. Claim (1 statement) inserts a pending record under the key, or
+//     returns the active record already there: applied or skipped (the
+//     stored result comes back and the provider is not called), pending
+//     under a live lease (in flight elsewhere), or pending and stuck.
+//  2. The provider is called with the key as its Idempotency-Key.
+//  3. Complete (1 statement) marks the record applied and stores the
+//     result, only if the claim's fencing token still matches. With an
+//     OnComplete hook, the hook's statements run in the same transaction.
+//  4. Retryable failures Release the claim (1 statement), permanent ones
+//     Fail it (1 statement, which frees the key).
+//
+// Round trips, counted with a pgx.QueryTracer in this package's tests: a
+// first-time effect costs 2 statements (claim, complete), a repeat 1 (the
+// claim returns the stored result), Lookup of any number of keys 1. A hook
+// adds BEGIN and COMMIT around its own statements; ExpiredRetryUncalled
+// effects add MarkCalling's 1.
+//
+// # The ledger table
+//
+// One row per claim lifecycle: key, namespace, status (pending, applied,
+// skipped, failed, revoked), payload fingerprint, result (bytea), fencing
+// token, attempts, lease_until, parked, call_started, reason and times. The
+// partial unique index <table>_active_key on (key) WHERE status IN
+// ('pending', 'applied', 'skipped') allows at most one active record per
+// key; failed and revoked records are exempt, so a key can be earned again.
+// Fencing tokens come from a sequence: every claim, first or takeover, gets
+// a value no earlier claim had, so a worker whose lease expired can neither
+// complete, nor release, nor fail a claim that was taken over. A CHECK
+// constraint makes an applied row without a result impossible, whoever
+// writes it.
+//
+// # The claim statement
+//
+// Claim-or-fetch is one statement with three parts, all under one
+// snapshot:
+//
+//	WITH clock AS MATERIALIZED (SELECT <now>),
+//	cur AS (SELECT <the active row>, <takeover rule holds> AS free ...),
+//	ins AS (INSERT ... SELECT ... WHERE NOT EXISTS (SELECT FROM cur WHERE NOT free)
+//	        ON CONFLICT (key) WHERE status IN ('pending', 'applied', 'skipped')
+//	        DO UPDATE SET token = EXCLUDED.token, attempts = attempts + 1, ...
+//	        WHERE <takeover rule, on the locked latest row version>
+//	        RETURNING ...)
+//	SELECT ..., true AS acquired FROM ins
+//	UNION ALL SELECT ..., false FROM cur WHERE NOT EXISTS (SELECT FROM ins)
+//
+// When the snapshot shows a record that may not be taken over (finished, or
+// under a live lease), the INSERT never runs: a repeat writes nothing and
+// takes no row lock, so repeats leave no dead tuples, no WAL, and never queue
+// behind each other. Otherwise the INSERT arbitrates through the unique
+// index; on a conflict, DO UPDATE locks the latest committed version of the
+// row and re-checks the takeover rule there, so two workers can never both
+// take over one claim. Its WHERE turns "not taken over" into a no-op instead
+// of an update.
+//
+// The alternatives weighed:
+//
+//   - INSERT ... ON CONFLICT DO NOTHING RETURNING returns no row on a
+//     conflict, so a second SELECT is needed, and under READ COMMITTED the
+//     conflicting row may have committed after that statement's snapshot:
+//     the caller sees neither its insert nor the row that beat it.
+//   - ON CONFLICT DO UPDATE with a no-op SET and no WHERE, telling "already
+//     there" from xmax <> 0 (River's unique-job insert does this). It always
+//     returns the row, but writes a new row version on every repeat: a dead
+//     tuple and WAL per duplicate delivery, on the hottest path.
+//
+// This statement keeps the repeat path read-only and handles the snapshot
+// race explicitly: when the conflicting row committed after the snapshot,
+// the statement returns no row, or returns the snapshot's version of a row
+// that looked free although the takeover did not happen. Claim then re-runs
+// it (a new statement has a new snapshot, and the competing transaction has
+// committed by the time a conflict is reported), at most 5 times in all,
+// then returns ErrClaimContention. The tests provoke this race with
+// transactions committing first claims, takeovers, completions and
+// failures under a dozen blocked claimers.
+//
+// # Time
+//
+// Leases and dedup windows are computed in SQL from one "now" per
+// statement: the database's clock_timestamp() by default, which every
+// process shares, or Config.Now sent as a parameter (tests use a fake
+// clock).
+//
+// # Transactions
+//
+// Store, Migrate and the toolkit take a DBTX: a *pgxpool.Pool, a connection
+// or a pgx.Tx. With a pool, every statement commits on its own. With a
+// pgx.Tx (Store.WithDB, MigrateTx), everything joins the caller's
+// transaction: a claim becomes visible, and blocks competing claims of the
+// same key, only when it commits; Complete's hook transaction and
+// InsertOnce's protection become savepoints, so a failure inside them
+// leaves the caller's transaction usable. The store expects READ COMMITTED,
+// PostgreSQL's default; under REPEATABLE READ a concurrent claim of the same
+// key surfaces as a serialization failure (SQLSTATE 40001).
+//
+// # Cancellation and faults
+//
+// Every method returns an error when its context is cancelled, its
+// statement times out, or its connection dies, and the ledger is left with
+// no record or with a pending record whose lease expires as usual: never an
+// applied record without a result, never a lost one. With pgx's default
+// context handling, cancelling a context closes the connection without
+// telling the server, so a statement waiting for a lock (a claim blocked by
+// a concurrent one) may still complete after the caller got its error:
+// that is a pending claim nobody holds, and it expires under its lease.
+// Configure pgconn.CancelRequestContextWatcherHandler on the pool to have
+// the server cancel the statement instead. Errors wrap the context's error
+// when the context is done, whichever way pgx reports the cancellation.
+//
+// # Names
+//
+// Configured schema, table, column and index names are identifiers: they
+// are always double-quoted with pgx.Identifier (so spaces, quotes, upper
+// case and reserved words work and mean exactly what they say) and never
+// pasted into SQL. Names PostgreSQL would change or refuse (empty, longer
+// than 63 bytes, with a NUL byte, invalid UTF-8) are an *IdentifierError.
+// Status values in a Guard are string literals, quoted and escaped. Every
+// statement uses explicit casts and no session state, so it runs in every
+// pgx query execution mode, behind PgBouncer in transaction mode too.
+package pgguard
