@@ -268,17 +268,31 @@ func (r *runner[In, Out]) retryableThenSuccess(in In) {
 		}
 		return r.c.Effect.Call(ctx, k, in)
 	}
-	res, _ := idempotency.Run(context.Background(), r.x, &eff, in)
-	if res.Outcome != idempotency.OutcomeRetryable {
-		r.fail("a retryable provider failure must release the claim (outcome retryable), got %v", res.Outcome)
-	}
-	res, err := r.run(in)
-	if err != nil || res.Outcome != idempotency.OutcomeApplied {
-		r.fail("after a retryable failure the next delivery must apply, got %v (%v)", res.Outcome, err)
+	res, err := idempotency.Run(context.Background(), r.x, &eff, in)
+	switch res.Outcome {
+	case idempotency.OutcomeRetryable:
+		// Released: the next delivery must apply.
+		res, err = r.run(in)
+		if err != nil || res.Outcome != idempotency.OutcomeApplied {
+			r.fail("after a retryable failure the next delivery must apply, got %v (%v)", res.Outcome, err)
+		}
+	case idempotency.OutcomeApplied:
+		// The effect's RetryPolicy retried in-run, under the same claim.
+		if res.Calls < 2 {
+			r.fail("a retryable failure was reported applied after %d provider call(s)", res.Calls)
+		}
+		r.mu.Lock()
+		r.first[res.Key.String()] = res.Value
+		r.mu.Unlock()
+	default:
+		r.fail("a retryable provider failure must release the claim or be retried in-run, got %v (%v)", res.Outcome, err)
 	}
 	r.done++
-	if len(keys) >= 1 && res.Key.String() != keys[0] {
-		r.fail("the retry used another key than the failed attempt: the key must not change between attempts")
+	for _, k := range keys {
+		if k != res.Key.String() {
+			r.fail("a retry used another key than the failed attempt: the key must not change between attempts")
+			break
+		}
 	}
 	r.expect("retryable failure then success")
 }
