@@ -97,16 +97,26 @@ func canTakeOver(r *Record, req ClaimRequest, now time.Time) bool {
 	if r.Parked || !r.FingerprintMatches(req.Fingerprint) {
 		return false
 	}
+	// Past the provider's dedup window a retry under the same key is a new
+	// request to the provider: never take over, released or not.
+	if req.Window > 0 && now.Sub(r.FirstClaimedAt) >= req.Window {
+		return false
+	}
 	if r.LeaseUntil.IsZero() { // released
 		return true
 	}
-	if now.Before(r.LeaseUntil) || !req.TakeOver || (req.OnlyUncalled && r.CallStarted) {
-		return false
-	}
-	return req.Window <= 0 || now.Sub(r.FirstClaimedAt) < req.Window
+	return !now.Before(r.LeaseUntil) && req.TakeOver && !(req.OnlyUncalled && r.CallStarted)
 }
 
+// isStuck reports, for a pending record a claim did not acquire, that no
+// live lease holds it: parked, released past the window, or expired.
 func isStuck(r *Record, now time.Time) bool {
+	return r.Status == StatusPending && (r.Parked || r.LeaseUntil.IsZero() || !now.Before(r.LeaseUntil))
+}
+
+// isListedStuck is ListStuck's rule: pending records nobody will finish on
+// their own (released ones are retried by the next run).
+func isListedStuck(r *Record, now time.Time) bool {
 	return r.Status == StatusPending && (r.Parked || (!r.LeaseUntil.IsZero() && !now.Before(r.LeaseUntil)))
 }
 
@@ -250,7 +260,7 @@ func (s *MemStore) ListStuck(ctx context.Context, req ListStuckRequest) ([]Recor
 	now := s.now()
 	var out []Record
 	for _, r := range s.active {
-		if isStuck(r, now) && (req.Namespace == "" || r.Namespace == req.Namespace) {
+		if isListedStuck(r, now) && (req.Namespace == "" || r.Namespace == req.Namespace) {
 			out = append(out, copyRecord(r))
 		}
 	}

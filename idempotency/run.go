@@ -338,6 +338,9 @@ func existing[Out any](res Result[Out], claim Claim, fp []byte, codec Codec[Out]
 	case claim.Stuck:
 		res.Outcome = OutcomeNeedsReconciliation
 		reason := "claim expired and may not be taken over"
+		if rec.LeaseUntil.IsZero() {
+			reason = "released claim is past the provider's dedup window"
+		}
 		if rec.Parked {
 			reason = "parked: " + rec.Reason
 		}

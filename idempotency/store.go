@@ -89,7 +89,8 @@ type ClaimRequest struct {
 	OnlyUncalled bool
 	// Window, when positive, is the provider's dedup window: a pending
 	// record first claimed longer ago than Window is never taken over,
-	// because the provider no longer remembers the key.
+	// released or expired, because the provider no longer remembers the
+	// key and a retry could act twice.
 	Window time.Duration
 }
 
@@ -102,8 +103,9 @@ type Claim struct {
 	// a new pending record, a released one, or an expired one taken over.
 	Acquired bool
 	// Stuck reports a pending record that is not held by a live lease and
-	// may not be taken over: parked, expired under a no-takeover policy, or
-	// past the dedup window. Never set together with Acquired.
+	// may not be taken over: parked, expired under a no-takeover policy,
+	// released or expired past the dedup window. Never set together with
+	// Acquired.
 	Stuck bool
 }
 

@@ -82,17 +82,18 @@ type queries struct {
 }
 
 // takeOver renders the takeover rule for the row alias r at time now: a
-// pending, unparked record with the same fingerprint that was released, or
-// whose lease expired while the request allows takeover within its window
-// (and, with OnlyUncalled, whose call never started). Parameters:
+// pending, unparked record with the same fingerprint, first claimed within
+// the request's window, that was released or whose lease expired while the
+// request allows takeover (and, with OnlyUncalled, whose call never
+// started). Parameters:
 // $3 fingerprint, $5 takeover, $6 window in microseconds, $8 only uncalled.
 func takeOver(r, now string) string {
 	return strings.NewReplacer("r.", r+".", "NOW", now).Replace(
 		`r.status = 'pending' AND NOT r.parked
 		AND r.fingerprint IS NOT DISTINCT FROM $3::bytea
+		AND ($6::bigint <= 0 OR r.first_claimed_at > NOW - $6::bigint * interval '1 microsecond')
 		AND (r.lease_until IS NULL
-			OR (r.lease_until <= NOW AND $5::boolean AND NOT ($8::boolean AND r.call_started)
-				AND ($6::bigint <= 0 OR r.first_claimed_at > NOW - $6::bigint * interval '1 microsecond')))`)
+			OR (r.lease_until <= NOW AND $5::boolean AND NOT ($8::boolean AND r.call_started)))`)
 }
 
 func buildQueries(n *names) *queries {
@@ -124,7 +125,7 @@ func buildQueries(n *names) *queries {
 	SELECT l.key, l.namespace, l.status, l.fingerprint, l.result, l.token, l.attempts, l.lease_until,
 		l.parked, l.call_started, l.reason, l.first_claimed_at, l.updated_at,
 		` + takeOver("l", "clock.now") + ` AS free,
-		l.status = 'pending' AND (l.parked OR coalesce(l.lease_until <= clock.now, false)) AS stuck
+		l.status = 'pending' AND (l.parked OR l.lease_until IS NULL OR l.lease_until <= clock.now) AS stuck
 	FROM ` + t + ` AS l, clock
 	WHERE l.key = $1::text AND l.` + activeStatuses + `
 ), ins AS (

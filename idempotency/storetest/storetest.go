@@ -282,6 +282,24 @@ var cases = []struct {
 			t.Fatalf("inside the window the expired claim must be taken over: %+v", c)
 		}
 	}},
+	{"ReleasedPastDedupWindowIsStuck", func(t *testing.T, b *bundle) {
+		key := newKey()
+		first := mustAcquire(t, b, req(key))
+		if err := b.store.Release(b.ctx, idempotency.ReleaseRequest{Key: key, Token: first.Token, Reason: "response lost"}); err != nil {
+			t.Fatal(err)
+		}
+		b.clock.Advance(25 * time.Hour)
+		r := req(key)
+		r.TakeOver, r.Window = true, 24*time.Hour
+		c := mustClaim(t, b, r)
+		if c.Acquired || !c.Stuck {
+			t.Fatalf("a released claim older than the dedup window must not be retried blindly: %+v", c)
+		}
+		r.Window = 0
+		if c := mustClaim(t, b, r); !c.Acquired {
+			t.Fatalf("without a window the released claim is free: %+v", c)
+		}
+	}},
 	{"TakeOverRequiresSameFingerprint", func(t *testing.T, b *bundle) {
 		key := newKey()
 		first := mustAcquire(t, b, req(key))
