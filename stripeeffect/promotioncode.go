@@ -1,0 +1,144 @@
+package stripeeffect
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/stripe/stripe-go/v76"
+	"github.com/stripe/stripe-go/v76/client"
+
+	"github.com/effectonce/effectonce/idempotency"
+)
+
+// PromotionCode is a one-time promotion code to create. It is also the
+// effect's fingerprint (its JSON encoding): every field is part of the
+// request, so the same key with another value is a mismatch.
+type PromotionCode struct {
+	// Coupon is the id of the coupon the code applies. Required.
+	Coupon string `json:"coupon"`
+	// Customer, when set, is the only customer who may redeem the code.
+	Customer string `json:"customer,omitempty"`
+	// Code is the customer-facing code. Empty lets Stripe generate one.
+	// Stripe refuses a code equal (ignoring case) to an active one.
+	Code string `json:"code,omitempty"`
+	// Metadata is attached to the code, with MetadataKey added.
+	Metadata map[string]string `json:"metadata,omitempty"`
+}
+
+// PromotionCodeResult is what the ledger keeps of a promotion code.
+type PromotionCodeResult struct {
+	ID       string `json:"id"`
+	Code     string `json:"code"`
+	Coupon   string `json:"coupon,omitempty"`
+	Customer string `json:"customer,omitempty"`
+	Active   bool   `json:"active"`
+	// Replayed reports that Stripe answered with the saved response of an
+	// earlier request under the same key (a takeover after a crash, or an
+	// in-run retry after a lost response): the code was created then.
+	Replayed bool `json:"replayed,omitempty"`
+}
+
+// PromotionCodeResultOf returns the ledger's view of pc, Replayed included.
+func PromotionCodeResultOf(pc *stripe.PromotionCode) PromotionCodeResult {
+	if pc == nil {
+		return PromotionCodeResult{}
+	}
+	r := PromotionCodeResult{ID: pc.ID, Code: pc.Code, Active: pc.Active, Replayed: Replayed(pc.LastResponse)}
+	if pc.Coupon != nil {
+		r.Coupon = pc.Coupon.ID
+	}
+	if pc.Customer != nil {
+		r.Customer = pc.Customer.ID
+	}
+	return r
+}
+
+// CreatePromotionCode creates a promotion code that can be redeemed once
+// (max_redemptions 1), sending key as the Idempotency-Key and in the
+// metadata under MetadataKey. A repeat with the same key and p within
+// DedupWindow returns the same code (Replayed). Errors are classified (see
+// Classify); a zero key or an empty coupon sends nothing.
+func CreatePromotionCode(ctx context.Context, api *client.API, key idempotency.Key, p PromotionCode) (*stripe.PromotionCode, error) {
+	params := &stripe.PromotionCodeParams{}
+	if err := prepare(ctx, api != nil && api.PromotionCodes != nil, &params.Params, key); err != nil {
+		return nil, err
+	}
+	if strings.TrimSpace(p.Coupon) == "" {
+		return nil, invalid("promotion code without a coupon")
+	}
+	params.Coupon = stripe.String(p.Coupon)
+	params.MaxRedemptions = stripe.Int64(1)
+	if p.Customer != "" {
+		params.Customer = stripe.String(p.Customer)
+	}
+	if p.Code != "" {
+		params.Code = stripe.String(p.Code)
+	}
+	params.Metadata = metadataWithKey(p.Metadata, key)
+	pc, err := api.PromotionCodes.New(params)
+	if err != nil {
+		return nil, Classify(fmt.Errorf("stripeeffect: create promotion code: %w", err))
+	}
+	return pc, nil
+}
+
+// DeactivatePromotionCode sets the promotion code's active flag to false
+// (the revocation of a code given by mistake), sending key as the
+// Idempotency-Key. Build the key from the code's id (hazard 9: a key reused
+// for another code is a mismatch). Deactivating twice is harmless. Errors
+// are classified (see Classify); a zero key or an empty id sends nothing.
+func DeactivatePromotionCode(ctx context.Context, api *client.API, key idempotency.Key, promotionCodeID string) (*stripe.PromotionCode, error) {
+	params := &stripe.PromotionCodeParams{}
+	if err := prepare(ctx, api != nil && api.PromotionCodes != nil, &params.Params, key); err != nil {
+		return nil, err
+	}
+	if strings.TrimSpace(promotionCodeID) == "" {
+		return nil, invalid("deactivate a promotion code without an id")
+	}
+	params.Active = stripe.Bool(false)
+	pc, err := api.PromotionCodes.Update(promotionCodeID, params)
+	if err != nil {
+		return nil, Classify(fmt.Errorf("stripeeffect: deactivate promotion code %s: %w", promotionCodeID, err))
+	}
+	return pc, nil
+}
+
+// PromotionCodeEffect returns an effect that creates the one-time promotion
+// code build describes for each input, with CreatePromotionCode.
+//
+// The effect is set for Stripe: Fingerprint is the JSON of build(in);
+// Expired is idempotency.ExpiredRetry with DedupWindow 24 h, so a claim left
+// by a crashed worker is taken over and Stripe replays the code it created,
+// and past the window the record needs reconciliation instead of a second
+// code; Retry is a copy of DefaultRetry. build is called for the
+// fingerprint and for each attempt: it must depend on in only. Set other
+// fields (OnComplete, Lease) before the first run.
+//
+// It panics if api or build is nil.
+func PromotionCodeEffect[In any](api *client.API, name string, key func(In) (idempotency.Key, error), build func(In) PromotionCode) *idempotency.Effect[In, PromotionCodeResult] {
+	return newEffect(api, name, key, build,
+		func(ctx context.Context, api *client.API, k idempotency.Key, p PromotionCode) (PromotionCodeResult, error) {
+			pc, err := CreatePromotionCode(ctx, api, k, p)
+			if err != nil {
+				return PromotionCodeResult{}, err
+			}
+			return PromotionCodeResultOf(pc), nil
+		}, true)
+}
+
+// DeactivatePromotionCodeEffect returns an effect that deactivates the
+// promotion code whose id promotionCodeID gives for each input, with
+// DeactivatePromotionCode. Its fingerprint is the id. Deactivation is safe
+// to repeat, so an expired claim is always taken over (ExpiredRetry, no
+// DedupWindow). It panics if api or promotionCodeID is nil.
+func DeactivatePromotionCodeEffect[In any](api *client.API, name string, key func(In) (idempotency.Key, error), promotionCodeID func(In) string) *idempotency.Effect[In, PromotionCodeResult] {
+	return newEffect(api, name, key, promotionCodeID,
+		func(ctx context.Context, api *client.API, k idempotency.Key, id string) (PromotionCodeResult, error) {
+			pc, err := DeactivatePromotionCode(ctx, api, k, id)
+			if err != nil {
+				return PromotionCodeResult{}, err
+			}
+			return PromotionCodeResultOf(pc), nil
+		}, false)
+}
