@@ -1,0 +1,218 @@
+package proof
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/effectonce/effectonce/idempotency"
+	"github.com/effectonce/effectonce/idempotency/sweep"
+	"github.com/effectonce/effectonce/internal/pgtest"
+	"github.com/effectonce/effectonce/pgguard"
+	"github.com/effectonce/effectonce/stripeeffect"
+	"github.com/effectonce/effectonce/stripeeffect/stripefake"
+)
+
+// TestMain doubles as the worker process: the tests re-execute this binary
+// with PROOF_ROLE set, and such a process runs one sweep and exits.
+func TestMain(m *testing.M) {
+	if os.Getenv("PROOF_ROLE") != "" {
+		os.Exit(workerMain())
+	}
+	pgtest.Main(m)
+}
+
+const coupon = "PROOF10"
+
+var promoKeys = idempotency.KeySpace{Namespace: "proof.promo", Version: 1}
+
+// intent is one promotion code owed to one customer.
+type intent struct {
+	ID       string
+	Customer string
+}
+
+func intents(n int) []intent {
+	out := make([]intent, n)
+	for i := range out {
+		out[i] = intent{ID: fmt.Sprintf("i%04d", i), Customer: fmt.Sprintf("cus_%04d", i)}
+	}
+	return out
+}
+
+func promoEffect(fakeURL string, httpTimeout time.Duration) *idempotency.Effect[intent, stripeeffect.PromotionCodeResult] {
+	cfg := &stripeeffect.APIConfig{URL: fakeURL}
+	if httpTimeout > 0 {
+		cfg.HTTPClient = newHTTPClient(httpTimeout)
+	}
+	api := stripeeffect.NewAPI("sk_test_proof", cfg)
+	return stripeeffect.PromotionCodeEffect(api, "proof.promo",
+		func(in intent) (idempotency.Key, error) { return promoKeys.Key(idempotency.Str("intent", in.ID)) },
+		func(in intent) stripeeffect.PromotionCode {
+			return stripeeffect.PromotionCode{Coupon: coupon, Customer: in.Customer}
+		})
+}
+
+// newFake starts a fake Stripe on loopback with the proof coupon.
+func newFake(t *testing.T) *stripefake.Server {
+	t.Helper()
+	fake := stripefake.New()
+	t.Cleanup(fake.Close)
+	fake.AddCoupon(coupon, 10)
+	return fake
+}
+
+// ledgerCounts reads the ledger back: rows per status, and applied rows
+// without a result (which must never exist).
+func ledgerCounts(t *testing.T, ctx context.Context, pool *pgxpool.Pool) (byStatus map[string]int, appliedWithoutResult int) {
+	t.Helper()
+	rows, err := pool.Query(ctx, `SELECT status, count(*), count(*) FILTER (WHERE status = 'applied' AND result IS NULL) FROM `+pgguard.DefaultTable+` GROUP BY status`)
+	require.NoError(t, err)
+	byStatus = map[string]int{}
+	for rows.Next() {
+		var s string
+		var n, bad int
+		require.NoError(t, rows.Scan(&s, &n, &bad))
+		byStatus[s] = n
+		appliedWithoutResult += bad
+	}
+	require.NoError(t, rows.Err())
+	return byStatus, appliedWithoutResult
+}
+
+// Worker process settings, passed through the environment.
+const (
+	envRole        = "PROOF_ROLE"         // "sweep"
+	envDSN         = "PROOF_DSN"          // the ledger's database (schema in search_path)
+	envStripe      = "PROOF_STRIPE_URL"   // the fake Stripe, over loopback HTTP
+	envKeys        = "PROOF_KEYS"         // intents 0..n-1
+	envConcurrency = "PROOF_CONCURRENCY"  // sweep concurrency
+	envClockOffset = "PROOF_CLOCK_OFFSET" // added to the ledger's clock (a Go duration)
+	envCrash       = "PROOF_CRASH"        // where to SIGKILL this process: see crashPoint
+	envCrashAt     = "PROOF_CRASH_AT"     // the intent index whose run crashes
+)
+
+// Crash points: the step boundaries of one effect.
+const (
+	crashAfterClaim       = "after-claim"       // claimed, provider not called
+	crashAfterResponse    = "after-response"    // provider answered, not recorded
+	crashDuringCompletion = "during-completion" // inside the completion transaction
+	crashAwaitingResponse = "awaiting-response" // the parent kills us while Stripe holds the response
+)
+
+func workerMain() int {
+	ctx := context.Background()
+	fail := func(err error) int {
+		fmt.Fprintln(os.Stderr, "proof worker:", err)
+		return 2
+	}
+	n, err := strconv.Atoi(os.Getenv(envKeys))
+	if err != nil {
+		return fail(err)
+	}
+	conc, _ := strconv.Atoi(os.Getenv(envConcurrency))
+	offset, _ := time.ParseDuration(os.Getenv(envClockOffset))
+	pool, err := pgxpool.New(ctx, os.Getenv(envDSN))
+	if err != nil {
+		return fail(err)
+	}
+	defer pool.Close()
+	store, err := pgguard.New(pool, &pgguard.Config{Now: func() time.Time { return time.Now().Add(offset) }})
+	if err != nil {
+		return fail(err)
+	}
+	exec, err := idempotency.NewExecutor(store, nil)
+	if err != nil {
+		return fail(err)
+	}
+	eff := promoEffect(os.Getenv(envStripe), 0)
+	crash, crashAt := os.Getenv(envCrash), os.Getenv(envCrashAt)
+	kill := func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL); select {} }
+	if crash != "" {
+		call := eff.Call
+		eff.Call = func(ctx context.Context, k idempotency.Key, in intent) (stripeeffect.PromotionCodeResult, error) {
+			if in.ID != crashAt {
+				return call(ctx, k, in)
+			}
+			switch crash {
+			case crashAfterClaim:
+				kill()
+			case crashAwaitingResponse:
+				fmt.Println("proof worker: calling", in.ID) // the parent kills us while the response is held
+			}
+			out, err := call(ctx, k, in)
+			if crash == crashAfterResponse {
+				kill()
+			}
+			return out, err
+		}
+		eff.OnComplete = func(ctx context.Context, tx any, in intent, _ stripeeffect.PromotionCodeResult) error {
+			if crash == crashDuringCompletion && in.ID == crashAt {
+				kill()
+			}
+			return nil
+		}
+	}
+	rep, err := sweep.Run(ctx, exec, eff, sweep.Slice(intents(n)), &sweep.Config{Concurrency: max(conc, 1)})
+	fmt.Println("proof worker:", rep.String())
+	if err != nil {
+		return fail(err)
+	}
+	if len(rep.Failures) > 0 {
+		return fail(fmt.Errorf("%d failures, first: %v", len(rep.Failures), rep.Failures[0]))
+	}
+	return 0
+}
+
+func newHTTPClient(timeout time.Duration) *http.Client { return &http.Client{Timeout: timeout} }
+
+// worker is a child process running one sweep.
+type worker struct {
+	cmd *exec.Cmd
+	out *bytes.Buffer
+}
+
+// startWorker re-executes the test binary as a worker process.
+func startWorker(t *testing.T, dsn, stripeURL string, keys, concurrency int, offset time.Duration, crash, crashAt string) *worker {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(),
+		envRole+"=sweep",
+		envDSN+"="+dsn,
+		envStripe+"="+stripeURL,
+		envKeys+"="+strconv.Itoa(keys),
+		envConcurrency+"="+strconv.Itoa(concurrency),
+		envClockOffset+"="+offset.String(),
+		envCrash+"="+crash,
+		envCrashAt+"="+crashAt,
+	)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	return &worker{cmd: cmd, out: &out}
+}
+
+// wait returns the worker's exit: nil for exit 0.
+func (w *worker) wait() error { return w.cmd.Wait() }
+
+// killedBySIGKILL reports whether the process died of SIGKILL.
+func (w *worker) killedBySIGKILL() bool {
+	ws, ok := w.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}

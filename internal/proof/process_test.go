@@ -1,0 +1,140 @@
+package proof
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/effectonce/effectonce/idempotency"
+	"github.com/effectonce/effectonce/internal/pgtest"
+	"github.com/effectonce/effectonce/pgguard"
+	"github.com/effectonce/effectonce/stripeeffect/stripefake"
+)
+
+// TestFourProcessesEightGoroutinesOneEffectPerKey: 4 OS processes, each a
+// sweep with 8 goroutines over the same 200 intents, against one
+// PostgreSQL and one fake Stripe over loopback HTTP.
+func TestFourProcessesEightGoroutinesOneEffectPerKey(t *testing.T) {
+	t.Parallel()
+	const keys, procs, conc = 200, 4, 8
+	ctx := context.Background()
+	dsn := pgtest.ConnString(t)
+	migrated := poolFor(t, dsn)
+	require.NoError(t, pgguard.Migrate(ctx, migrated, nil))
+	fake := newFake(t)
+
+	var wg sync.WaitGroup
+	errs := make([]error, procs)
+	workers := make([]*worker, procs)
+	for i := range procs {
+		workers[i] = startWorker(t, dsn, fake.URL(), keys, conc, 0, "", "")
+	}
+	for i, w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = w.wait()
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		require.NoError(t, err, "worker %d:\n%s", i, workers[i].out)
+	}
+
+	require.Equal(t, keys, fake.Created(stripefake.KindPromotionCode), "objects Stripe created")
+	require.Zero(t, fake.RequestsWithoutKey())
+	byStatus, bad := ledgerCounts(t, ctx, migrated)
+	require.Equal(t, map[string]int{"applied": keys}, byStatus)
+	require.Zero(t, bad, "applied rows without a result")
+	t.Logf("4 processes x 8 goroutines over %d keys: %d objects, %d POSTs reached Stripe; worker reports:\n%s%s%s%s",
+		keys, fake.Created(stripefake.KindPromotionCode), fake.RequestCount(),
+		workers[0].out, workers[1].out, workers[2].out, workers[3].out)
+}
+
+// TestCrashAtEveryBoundaryThenRerun kills a worker process with SIGKILL at
+// each step boundary of one effect, then runs again with the ledger clock
+// past the lease: one object per key, every row applied, none pending.
+func TestCrashAtEveryBoundaryThenRerun(t *testing.T) {
+	t.Parallel()
+	for _, point := range []string{crashAfterClaim, crashAwaitingResponse, crashAfterResponse, crashDuringCompletion} {
+		t.Run(point, func(t *testing.T) {
+			t.Parallel()
+			const keys = 5
+			ctx := context.Background()
+			dsn := pgtest.ConnString(t)
+			pool := poolFor(t, dsn)
+			require.NoError(t, pgguard.Migrate(ctx, pool, nil))
+			fake := newFake(t)
+			crashAt := intents(keys)[2].ID
+
+			var release chan struct{}
+			if point == crashAwaitingResponse {
+				// Stripe creates the object, then holds the response until
+				// the test has killed the worker.
+				release = make(chan struct{})
+				fake.InjectFault(stripefake.Fault{Kind: stripefake.FaultDelayAfterWrite, Path: "/v1/promotion_codes",
+					Key: keyOf(crashAt), Release: release})
+			}
+			w := startWorker(t, dsn, fake.URL(), keys, 1, 0, point, crashAt)
+			if point == crashAwaitingResponse {
+				require.Eventually(t, func() bool { return fake.InFlight() == 1 && fake.Created(stripefake.KindPromotionCode) == 3 },
+					30*time.Second, 5*time.Millisecond, "the crashing request never reached Stripe:\n%s", w.out)
+				require.NoError(t, w.cmd.Process.Kill()) // SIGKILL
+			}
+			err := w.wait()
+			require.Error(t, err)
+			require.True(t, w.killedBySIGKILL(), "worker must die of SIGKILL at %s:\n%s", point, w.out)
+			if release != nil {
+				close(release)
+				require.Eventually(t, func() bool { return fake.InFlight() == 0 }, 10*time.Second, 5*time.Millisecond)
+			}
+
+			byStatus, _ := ledgerCounts(t, ctx, pool)
+			require.Equal(t, 2, byStatus["applied"], "intents before the crash are applied")
+			require.Equal(t, 1, byStatus["pending"], "the crashed intent is pending")
+
+			// An immediate rerun respects the dead worker's live lease.
+			w = startWorker(t, dsn, fake.URL(), keys, 1, 0, "", "")
+			require.NoError(t, w.wait(), "%s", w.out)
+			byStatus, _ = ledgerCounts(t, ctx, pool)
+			require.Equal(t, 1, byStatus["pending"], "a live lease is in flight, not taken over:\n%s", w.out)
+
+			// Past the lease: taken over under the same key.
+			w = startWorker(t, dsn, fake.URL(), keys, 1, time.Hour, "", "")
+			require.NoError(t, w.wait(), "%s", w.out)
+
+			require.Equal(t, keys, fake.Created(stripefake.KindPromotionCode), "one object per key after %s", point)
+			byStatus, bad := ledgerCounts(t, ctx, pool)
+			require.Equal(t, map[string]int{"applied": keys}, byStatus, "no row pending past its lease")
+			require.Zero(t, bad)
+			reqs := fake.Requests(keyOf(crashAt))
+			want := 2
+			if point == crashAfterClaim {
+				want = 1 // the crashed worker never called
+			}
+			require.Len(t, reqs, want, "requests under the crashed key: %+v", reqs)
+			if want == 2 {
+				require.True(t, reqs[1].Replayed, "the takeover's call is a replay of the first")
+			}
+			t.Logf("%s: %d objects for %d keys; crashed key saw %d request(s)", point, fake.Created(stripefake.KindPromotionCode), keys, len(reqs))
+		})
+	}
+}
+
+func keyOf(id string) string {
+	return promoKeys.MustKey(idempotency.Str("intent", id)).String()
+}
+
+// poolFor opens a pool on a DSN from pgtest.ConnString (its schema is in
+// the DSN), closed when the test ends.
+func poolFor(t *testing.T, dsn string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), dsn)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	return pool
+}
