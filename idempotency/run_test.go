@@ -535,3 +535,25 @@ func TestRunExpiredRetryUncalledNeverCallsTwice(t *testing.T) {
 	calls, _ := e.p.stats()
 	require.Equal(t, 2, calls, "one call per intent, none from a takeover after a started call")
 }
+
+func TestRunKeepsTheKeyComputedBeforeTheCall(t *testing.T) {
+	t.Parallel()
+	e := setup(t, nil)
+	eff := &idempotency.Effect[*refund, string]{
+		Name: "orders.refund",
+		Key: func(in *refund) (idempotency.Key, error) {
+			return refundKeys.Key(idempotency.Str("order", in.Order), idempotency.Str("request", in.Request))
+		},
+		Call: func(ctx context.Context, k idempotency.Key, in *refund) (string, error) {
+			in.Request = "mutated-by-the-handler" // a handler that changes its input
+			return "re_1", nil
+		},
+	}
+	in := &refund{Order: "ord_1", Request: "rr_1", Amount: 500}
+	res, err := idempotency.Run(e.ctx, e.x, eff, in)
+	require.NoError(t, err)
+	require.Equal(t, "orders.refund:v1:order=ord_1/request=rr_1", res.Record.Key, "completion used the key computed before the call")
+	again, err := idempotency.Run(e.ctx, e.x, eff, &refund{Order: "ord_1", Request: "rr_1", Amount: 500})
+	require.NoError(t, err)
+	require.Equal(t, idempotency.OutcomeAlreadyApplied, again.Outcome)
+}
