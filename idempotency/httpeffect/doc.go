@@ -26,8 +26,10 @@
 // is whether a request whose answer was lost reached the receiver; a
 // retry could then repeat the effect. Set Config.ReceiverIgnoresKey for
 // such receivers: ambiguous failures are parked for reconciliation instead
-// of retried, and keep the effect's default ExpiredPark policy, so a claim
-// left by a crashed worker is not retried blindly either.
+// of retried. Give the effect idempotency.ExpiredRetryUncalled (or keep the
+// default ExpiredPark): a claim left by a worker that crashed before its
+// request is then taken over, and one whose request had started is parked,
+// never retried blindly. examples/affpostback shows the whole pattern.
 //
 // Receivers that do deduplicate by the key (and replay their first answer)
 // make retries safe within their dedup window; set the effect's Expired
