@@ -68,8 +68,10 @@ type Result[Out any] struct {
 	Value Out
 	// Record is the ledger record written or met, where there is one.
 	Record Record
-	// Calls is the number of provider calls made by this run (0 unless the
-	// claim was acquired; more than 1 only with in-run retries).
+	// Calls is the number of times this run invoked the effect's Call (0
+	// unless the claim was acquired; more than 1 only with in-run
+	// retries). A Call may refuse before reaching the provider, so count
+	// real effects at the provider.
 	Calls int
 	// Err is the cause for failures; Run returns it too.
 	Err error

@@ -7,15 +7,18 @@
 // the rule that was broken.
 //
 //	func TestRefundEffectContract(t *testing.T) {
-//		fake := stripefake.New(t)
+//		fake := stripefake.New()
+//		defer fake.Close()
+//		fake.AddPaymentIntent("pi_1", 10_000, "usd")
+//		api := stripeeffect.NewAPI("sk_test", &stripeeffect.APIConfig{URL: fake.URL()})
 //		effecttest.Run(t, effecttest.Case[refund, stripeeffect.RefundResult]{
-//			Effect:   newRefundEffect(fake.API()),
-//			Inputs:   []refund{{"ord_1", "rr_1", 500}, {"ord_1", "rr_2", 300}, ...},
-//			Mutate:   func(r refund) refund { r.Amount++; return r },
+//			Effect: newRefundEffect(api),
+//			Inputs: []refund{{"ord_1", "rr_1", 500}, {"ord_1", "rr_2", 300}, ...},
+//			Mutate: func(r refund) refund { r.Amount++; return r },
 //			NewStore: func(now func() time.Time) idempotency.Store {
 //				return idempotency.NewMemStore(&idempotency.MemStoreConfig{Now: now})
 //			},
-//			Effects:  func() int { return fake.Created("refund") },
+//			Effects: func() int { return fake.Created(stripefake.KindRefund) },
 //		})
 //	}
 //
