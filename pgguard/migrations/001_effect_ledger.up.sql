@@ -43,7 +43,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS effect_ledger_active_key
     ON effect_ledger (key)
     WHERE status IN ('pending', 'applied', 'skipped');
 
--- ListStuck: pending records, oldest first.
+-- ListStuck: pending records that are parked or leased, oldest first.
+-- Released claims (no lease, not parked) are left out on purpose: with them
+-- in, the planner may pick this index for the fenced updates
+-- (key = $1 AND token = $2 AND status = 'pending') and filter every released
+-- row by key instead of using the active-key index.
 CREATE INDEX IF NOT EXISTS effect_ledger_stuck
     ON effect_ledger (first_claimed_at)
-    WHERE status = 'pending';
+    WHERE status = 'pending' AND (parked OR lease_until IS NOT NULL);

@@ -1,0 +1,201 @@
+package bench
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/effectonce/effectonce/idempotency"
+	"github.com/effectonce/effectonce/idempotency/sweep"
+	"github.com/effectonce/effectonce/internal/pgtest"
+	"github.com/effectonce/effectonce/pgguard"
+)
+
+// TestStatementsPerOutcome pins, deterministically, the round trips the
+// benchmarks measure (DESIGN.md, "Round trips to aim for"), counted by
+// internal/pgcount on every statement the pool sends.
+func TestStatementsPerOutcome(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 2)
+	// Prepare the statements first: pgcount does not count pgx's
+	// Parse/Describe round trip anyway, but a warm connection is what the
+	// benchmarks measure.
+	_, err := idempotency.Run(f.ctx, f.exec, f.eff, grant{User: 1, Milestone: 1, Percent: 10})
+	require.NoError(t, err)
+
+	in := grant{User: 2, Milestone: 1, Percent: 10}
+	t.Run("first_time", func(t *testing.T) {
+		calls := f.prov.calls.Load()
+		var res idempotency.Result[string]
+		n, sqls := f.count.Measure(func() { res, err = idempotency.Run(f.ctx, f.exec, f.eff, in) })
+		require.NoError(t, err)
+		require.Equal(t, idempotency.OutcomeApplied, res.Outcome)
+		require.Equal(t, 2, n, "claim and complete: %q", sqls)
+		require.Equal(t, int64(1), f.prov.calls.Load()-calls)
+	})
+	t.Run("already_applied", func(t *testing.T) {
+		calls := f.prov.calls.Load()
+		var res idempotency.Result[string]
+		n, sqls := f.count.Measure(func() { res, err = idempotency.Run(f.ctx, f.exec, f.eff, in) })
+		require.NoError(t, err)
+		require.Equal(t, idempotency.OutcomeAlreadyApplied, res.Outcome)
+		require.Equal(t, fakeCode, res.Value, "the stored result comes back")
+		require.Equal(t, 1, n, "one claim-or-fetch: %q", sqls)
+		require.Zero(t, f.prov.calls.Load()-calls, "no provider call")
+	})
+	t.Run("seeded_applied", func(t *testing.T) {
+		// The benchmarks' set-based seed is what a run would have written.
+		seeded := grant{User: 3, Milestone: 1, Percent: 10}
+		f.seedApplied(t, []grant{seeded})
+		calls := f.prov.calls.Load()
+		var res idempotency.Result[string]
+		n, _ := f.count.Measure(func() { res, err = idempotency.Run(f.ctx, f.exec, f.eff, seeded) })
+		require.NoError(t, err)
+		require.Equal(t, idempotency.OutcomeAlreadyApplied, res.Outcome)
+		require.Equal(t, fakeCode, res.Value)
+		require.Equal(t, 1, n)
+		require.Zero(t, f.prov.calls.Load()-calls)
+	})
+	t.Run("handwritten", func(t *testing.T) {
+		g := grant{User: 4, Milestone: 1, Percent: 10}
+		var called bool
+		n, sqls := f.count.Measure(func() { called, err = handwrittenOne(f.ctx, f.pool, f.prov, g) })
+		require.NoError(t, err)
+		require.True(t, called)
+		require.Equal(t, 2, n, "pre-flight SELECT and INSERT: %q", sqls)
+
+		n, _ = f.count.Measure(func() { called, err = handwrittenOne(f.ctx, f.pool, f.prov, g) })
+		require.NoError(t, err)
+		require.False(t, called, "the pre-flight saw the row")
+		require.Equal(t, 1, n)
+
+		// Past the pre-flight, the partial unique index collapses the
+		// duplicate (23505 on uq_loyalty_discounts_active).
+		_, err = f.pool.Exec(f.ctx, handInsertSQL, g.User, g.Milestone, g.Percent, fakeCode)
+		require.Error(t, err)
+		require.True(t, pgguard.IsUniqueViolation(err, domainGuard.IndexName), "%v", err)
+	})
+}
+
+// TestStatementsPerSweep checks the statements of the sweeps
+// BenchmarkPreflight compares, on a smaller population with the same 90%
+// already applied: the batch pre-flight costs ceil(N/batch) lookups plus a
+// claim and a completion per missing candidate; the per-candidate
+// pre-flight costs N lookups plus the same claims and completions.
+func TestStatementsPerSweep(t *testing.T) {
+	t.Parallel()
+	const n = 1_000
+	missing := n * (100 - appliedPercent) / 100
+	batches := (n + sweep.DefaultBatchSize - 1) / sweep.DefaultBatchSize
+
+	for _, tc := range []struct {
+		mode string
+		want int
+	}{
+		{"batch", batches + 2*missing},
+		{"per_candidate", n + 2*missing},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t, 8)
+			run := f.librarySweep
+			if tc.mode == "per_candidate" {
+				run = f.perCandidateSweep
+			}
+			all, done := preflightCandidates(1, appliedPercent)
+			all = all[:n]
+			done = done[:n-missing]
+			require.Equal(t, int64(n-1), done[len(done)-1].User)
+			f.seedApplied(t, done)
+
+			calls := f.prov.calls.Load()
+			var got sweepCounts
+			var err error
+			stmts, _ := f.count.Measure(func() { got, err = run(all, 8) })
+			require.NoError(t, err)
+			require.Equal(t, missing, got.Applied)
+			require.Equal(t, n-missing, got.AlreadyApplied)
+			require.Equal(t, missing, got.ProviderCalls)
+			require.Equal(t, int64(missing), f.prov.calls.Load()-calls)
+			require.Equal(t, tc.want, stmts, "%s", got)
+		})
+	}
+}
+
+// TestSweepSidesDoTheSameWork checks that the two sides BenchmarkSweep
+// compares do the same work: every candidate once, one provider call each,
+// one active row each, and nothing on a second pass but pre-flights.
+func TestSweepSidesDoTheSameWork(t *testing.T) {
+	t.Parallel()
+	const n = 300
+	f := newFixture(t, 8)
+	f.seedHistory(t, 100)
+	gs := grants(n, 7)
+
+	lib, err := f.librarySweep(gs, 8)
+	require.NoError(t, err)
+	hand, err := f.handwrittenSweep(gs, 8)
+	require.NoError(t, err)
+	for _, got := range []sweepCounts{lib, hand} {
+		require.Equal(t, n, got.Applied)
+		require.Equal(t, n, got.ProviderCalls)
+	}
+	var ledger, domain int
+	require.NoError(t, f.pool.QueryRow(f.ctx,
+		`SELECT count(*) FROM effect_ledger WHERE namespace = $1 AND status = 'applied'`, loyaltyKeys.Namespace).Scan(&ledger))
+	require.NoError(t, f.pool.QueryRow(f.ctx,
+		`SELECT count(*) FROM loyalty_discounts WHERE milestone = 7 AND status = 'applied'`).Scan(&domain))
+	require.Equal(t, n, ledger)
+	require.Equal(t, n, domain)
+
+	// A second pass finds everything done and calls nobody.
+	calls := f.prov.calls.Load()
+	stmts, _ := f.count.Measure(func() { lib, err = f.librarySweep(gs, 8) })
+	require.NoError(t, err)
+	require.Equal(t, n, lib.AlreadyApplied)
+	require.Equal(t, 1, stmts, "one batch, one lookup")
+	stmts, _ = f.count.Measure(func() { hand, err = f.handwrittenSweep(gs, 8) })
+	require.NoError(t, err)
+	require.Equal(t, n, hand.AlreadyApplied)
+	require.Equal(t, n, stmts, "one pre-flight per candidate")
+	require.Equal(t, calls, f.prov.calls.Load())
+}
+
+// TestExecutorAllocations keeps the core executor's allocations per effect
+// (MemStore, no driver) within the budget of issue 9: 30.
+func TestExecutorAllocations(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocation counts")
+	}
+	const budget = 30
+	ctx := context.Background()
+	x, err := idempotency.NewExecutor(idempotency.NewMemStore(nil), nil)
+	require.NoError(t, err)
+	eff := loyaltyEffect(&provider{})
+	user := int64(0)
+	first := testing.AllocsPerRun(200, func() {
+		user++
+		if _, err := idempotency.Run(ctx, x, eff, grant{User: user, Milestone: 1, Percent: 10}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	again := testing.AllocsPerRun(200, func() {
+		if _, err := idempotency.Run(ctx, x, eff, grant{User: 1, Milestone: 1, Percent: 10}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Logf("allocations per effect: first time %.0f, already applied %.0f (budget %d)", first, again, budget)
+	require.LessOrEqual(t, first, float64(budget), "first-time run")
+	require.LessOrEqual(t, again, float64(budget), "already-applied run")
+}
+
+// TestServerVersion logs the server the benchmarks run against; the
+// benchmark script records the line with the results.
+func TestServerVersion(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t)
+	var version string
+	require.NoError(t, pool.QueryRow(context.Background(), `SELECT version()`).Scan(&version))
+	t.Logf("server: %s", version)
+}
