@@ -115,9 +115,16 @@ func isStuck(r *Record, now time.Time) bool {
 }
 
 // isListedStuck is ListStuck's rule: pending records nobody will finish on
-// their own (released ones are retried by the next run).
-func isListedStuck(r *Record, now time.Time) bool {
-	return r.Status == StatusPending && (r.Parked || (!r.LeaseUntil.IsZero() && !now.Before(r.LeaseUntil)))
+// their own. Released ones are retried by the next run, unless they are
+// past the given dedup window.
+func isListedStuck(r *Record, now time.Time, window time.Duration) bool {
+	if r.Status != StatusPending {
+		return false
+	}
+	if r.LeaseUntil.IsZero() && !r.Parked {
+		return window > 0 && now.Sub(r.FirstClaimedAt) >= window
+	}
+	return r.Parked || !now.Before(r.LeaseUntil)
 }
 
 // held returns the pending record held under token, or ErrClaimLost.
@@ -260,7 +267,7 @@ func (s *MemStore) ListStuck(ctx context.Context, req ListStuckRequest) ([]Recor
 	now := s.now()
 	var out []Record
 	for _, r := range s.active {
-		if isListedStuck(r, now) && (req.Namespace == "" || r.Namespace == req.Namespace) {
+		if isListedStuck(r, now, req.Window) && (req.Namespace == "" || r.Namespace == req.Namespace) {
 			out = append(out, copyRecord(r))
 		}
 	}

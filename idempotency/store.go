@@ -152,6 +152,10 @@ type SettleRequest struct {
 type ListStuckRequest struct {
 	Namespace string // empty: every namespace
 	Limit     int    // zero: 100
+	// Window, when positive, also lists released records first claimed at
+	// least Window ago: past the provider's dedup window they need
+	// reconciliation too. Pass the effect's DedupWindow.
+	Window time.Duration
 }
 
 // Store is the ledger the executor needs. Every method is safe for
@@ -202,7 +206,8 @@ type Store interface {
 	Revoke(ctx context.Context, key string, reason string) (Record, error)
 
 	// ListStuck returns pending records nobody will finish on their own:
-	// parked ones and those whose lease has expired, oldest first.
+	// parked ones, those whose lease has expired, and, with req.Window,
+	// released ones past the window; oldest first.
 	ListStuck(ctx context.Context, req ListStuckRequest) ([]Record, error)
 
 	// Settle resolves a pending record by hand. The token must match the

@@ -173,8 +173,14 @@ RETURNING ` + recordCols
 	q.lookup = `SELECT ` + recordCols + ` FROM ` + t + `
 WHERE key = ANY($1::text[]) AND ` + activeStatuses
 
-	q.listStuck = `SELECT ` + recordCols + ` FROM ` + t + `
-WHERE status = 'pending' AND (parked OR lease_until <= (SELECT ` + nowParam("$1") + `))
+	// ListStuck: parked or expired claims, and with a window ($4, µs)
+	// released claims first made at least that long ago.
+	q.listStuck = `WITH clock AS MATERIALIZED (SELECT ` + nowParam("$1") + ` AS now)
+SELECT ` + recordCols + ` FROM ` + t + `, clock
+WHERE status = 'pending'
+	AND (parked OR lease_until <= clock.now
+		OR ($4::bigint > 0 AND lease_until IS NULL
+			AND first_claimed_at <= clock.now - $4::bigint * interval '1 microsecond'))
 	AND ($2::text = '' OR namespace = $2::text)
 ORDER BY first_claimed_at, id
 LIMIT $3::bigint`
@@ -395,7 +401,7 @@ func (s *Store) ListStuck(ctx context.Context, req idempotency.ListStuckRequest)
 	if limit <= 0 {
 		limit = 100
 	}
-	rows, err := s.db.Query(ctx, s.q.listStuck, s.n.clock(), req.Namespace, int64(limit))
+	rows, err := s.db.Query(ctx, s.q.listStuck, s.n.clock(), req.Namespace, int64(limit), micros(req.Window))
 	if err != nil {
 		return nil, wrapErr(ctx, "list stuck", err)
 	}

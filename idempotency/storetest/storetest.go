@@ -295,6 +295,20 @@ var cases = []struct {
 		if c.Acquired || !c.Stuck {
 			t.Fatalf("a released claim older than the dedup window must not be retried blindly: %+v", c)
 		}
+		listed, err := b.store.ListStuck(b.ctx, idempotency.ListStuckRequest{Namespace: "storetest", Limit: 1000, Window: 24 * time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !containsKey(listed, key) {
+			t.Fatalf("ListStuck with the window must list a released claim past it")
+		}
+		unlisted, err := b.store.ListStuck(b.ctx, idempotency.ListStuckRequest{Namespace: "storetest", Limit: 1000, Window: 48 * time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if containsKey(unlisted, key) {
+			t.Fatalf("ListStuck must not list a released claim inside the window: it will be retried")
+		}
 		r.Window = 0
 		if c := mustClaim(t, b, r); !c.Acquired {
 			t.Fatalf("without a window the released claim is free: %+v", c)
