@@ -58,7 +58,7 @@ func TestPostgresRestartBetweenSweeps(t *testing.T) {
 	var pidBefore int32
 	require.NoError(t, pool.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pidBefore))
 	start := time.Now()
-	out, err := exec.Command("sh", "-c", restart).CombinedOutput()
+	out, err := runRestart(ctx, restart)
 	require.NoError(t, err, "%s: %s", restart, out)
 	took := time.Since(start)
 
@@ -83,4 +83,24 @@ func TestPostgresRestartBetweenSweeps(t *testing.T) {
 	require.Equal(t, n, posts, "one POST per intent: nothing swept twice")
 	t.Logf("restart (%v, backend %d before): %d/%d swept before, %s after; %d objects, %d POSTs",
 		took.Round(time.Millisecond), pidBefore, n/2, n, rep.String(), fake.CreatedObjects(), posts)
+}
+
+// runRestart runs the restart command with a 2-minute limit. Its output
+// goes to a file, not a pipe: a server started by the command may inherit
+// the command's stdout and keep a pipe open for ever (pg_ctl without -l).
+func runRestart(ctx context.Context, command string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	f, err := os.CreateTemp("", "proof-pg-restart-*.log")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	cmd := exec.CommandContext(ctx, "sh", "-c", command)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.WaitDelay = 5 * time.Second
+	err = cmd.Run()
+	out, _ := os.ReadFile(f.Name())
+	return string(out), err
 }
