@@ -261,7 +261,7 @@ func run[In, Out any](ctx context.Context, x *Executor, e *Effect[In, Out], in I
 				Key: key.String(), Token: token, Park: true, Reason: "encode result: " + err.Error(),
 			})
 			res.Outcome = OutcomeNeedsReconciliation
-			return res, fmt.Errorf("idempotency: %s: %w: %w: %v", e.Name, ErrNeedsReconciliation, ErrEncodeResult, err)
+			return res, fmt.Errorf("idempotency: %s: %w: %w: %w", e.Name, ErrNeedsReconciliation, ErrEncodeResult, err)
 		}
 		var hook func(context.Context, any) error
 		if e.OnComplete != nil {
@@ -333,7 +333,7 @@ func existing[Out any](res Result[Out], claim Claim, fp []byte, codec Codec[Out]
 		v, err := codec.Decode(rec.Result)
 		if err != nil {
 			res.Outcome = OutcomeError
-			return res, fmt.Errorf("idempotency: %w: %v", ErrDecodeResult, err)
+			return res, fmt.Errorf("idempotency: %w: %w", ErrDecodeResult, err)
 		}
 		res.Value, res.Outcome = v, OutcomeAlreadyApplied
 		return res, nil
