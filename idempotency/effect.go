@@ -68,6 +68,12 @@ type Effect[In, Out any] struct {
 	// is marked and the claim is left to expire.
 	OnComplete func(ctx context.Context, tx any, in In, out Out) error
 
+	// OnFail, when set, records the caller's domain row for a refused
+	// effect (a permanent provider error, or the provider's own payload
+	// mismatch) in the same transaction that marks the record failed. If
+	// it fails, nothing is marked and the claim is left to expire.
+	OnFail func(ctx context.Context, tx any, in In, cause error) error
+
 	// Codec encodes results for the ledger. Nil means JSON.
 	Codec Codec[Out]
 

@@ -218,6 +218,11 @@ func (s *MemStore) Fail(ctx context.Context, req FailRequest) (Record, error) {
 	if err != nil {
 		return Record{}, err
 	}
+	if req.Hook != nil {
+		if err := req.Hook(ctx, nil); err != nil {
+			return Record{}, fmt.Errorf("idempotency: memstore: fail hook: %w", err)
+		}
+	}
 	s.finish(r, StatusFailed, nil, req.Reason)
 	return copyRecord(r), nil
 }

@@ -293,7 +293,16 @@ func run[In, Out any](ctx context.Context, x *Executor, e *Effect[In, Out], in I
 	class, _ := Classify(callErr)
 	switch class {
 	case ClassPermanent, ClassMismatch:
-		rec, err := x.store.Fail(bg, FailRequest{Key: key.String(), Token: token, Reason: callErr.Error()})
+		var hook func(context.Context, any) error
+		if e.OnFail != nil {
+			hook = func(ctx context.Context, tx any) error { return e.OnFail(ctx, tx, in, callErr) }
+		}
+		rec, err := x.store.Fail(bg, FailRequest{Key: key.String(), Token: token, Reason: callErr.Error(), Hook: hook})
+		if err != nil && !errors.Is(err, ErrClaimLost) {
+			// Not recorded: the claim stays pending and expires.
+			res.Outcome = OutcomeError
+			return res, fmt.Errorf("idempotency: %s: fail after %w: %w", e.Name, callErr, err)
+		}
 		if err == nil {
 			res.Record = rec
 		}

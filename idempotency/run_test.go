@@ -557,3 +557,36 @@ func TestRunKeepsTheKeyComputedBeforeTheCall(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, idempotency.OutcomeAlreadyApplied, again.Outcome)
 }
+
+func TestRunOnFailHookRecordsTheRefusalWithTheFailure(t *testing.T) {
+	t.Parallel()
+	e := setup(t, nil)
+	eff := *e.eff
+	var rows []string
+	hookErr := errors.New("domain table unavailable")
+	fail := true
+	eff.OnFail = func(ctx context.Context, tx any, in refund, cause error) error {
+		if fail {
+			return hookErr
+		}
+		rows = append(rows, in.Request+": "+cause.Error())
+		return nil
+	}
+	e.p.fail = []error{idempotency.Permanent(errors.New("charge_already_refunded")), idempotency.Permanent(errors.New("charge_already_refunded"))}
+
+	res, err := idempotency.Run(e.ctx, e.x, &eff, r1)
+	require.ErrorIs(t, err, hookErr)
+	require.Equal(t, idempotency.OutcomeError, res.Outcome)
+	recs, _ := e.store.Lookup(e.ctx, []string{res.Key.String()})
+	require.Equal(t, idempotency.StatusPending, recs[res.Key.String()].Status, "a failed hook marks nothing")
+	require.Empty(t, rows)
+
+	fail = false
+	e.clock.Advance(time.Hour)
+	eff.Expired = idempotency.ExpiredRetry
+	res, err = idempotency.Run(e.ctx, e.x, &eff, r1)
+	require.ErrorIs(t, err, idempotency.ErrPermanent)
+	require.Equal(t, idempotency.OutcomePermanent, res.Outcome)
+	require.Equal(t, idempotency.StatusFailed, res.Record.Status)
+	require.Equal(t, []string{"rr_1: charge_already_refunded"}, rows)
+}

@@ -136,6 +136,9 @@ type FailRequest struct {
 	Key    string
 	Token  int64
 	Reason string
+	// Hook, when non-nil, runs in the same transaction as the failure, as
+	// CompleteRequest.Hook does: if it fails, nothing is written.
+	Hook func(ctx context.Context, tx any) error
 }
 
 // SettleRequest resolves a stuck pending record by hand, after an operator
@@ -192,8 +195,9 @@ type Store interface {
 	// A stale token changes nothing and returns ErrClaimLost.
 	Release(ctx context.Context, req ReleaseRequest) error
 
-	// Fail marks the held claim failed, which frees the key. A stale token
-	// changes nothing and returns ErrClaimLost.
+	// Fail marks the held claim failed, which frees the key, running
+	// req.Hook in the same transaction. A stale token changes nothing and
+	// returns ErrClaimLost.
 	Fail(ctx context.Context, req FailRequest) (Record, error)
 
 	// Lookup returns the active records among keys, for pre-flight checks

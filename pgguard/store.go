@@ -283,23 +283,9 @@ func (s *Store) Complete(ctx context.Context, req idempotency.CompleteRequest) (
 		return s.fenced(ctx, s.db, "complete", s.q.complete, req.Key, req.Token, string(req.Status), req.Result, s.n.clock())
 	}
 
-	tx, err := s.db.Begin(ctx)
-	if err != nil {
-		return idempotency.Record{}, wrapErr(ctx, "complete: begin", err)
-	}
-	// Rolling back after a failure must not depend on the caller's context.
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	rec, err := s.fenced(ctx, tx, "complete", s.q.complete, req.Key, req.Token, string(req.Status), req.Result, s.n.clock())
-	if err != nil {
-		return idempotency.Record{}, err
-	}
-	if err := req.Hook(ctx, tx); err != nil {
-		return idempotency.Record{}, fmt.Errorf("pgguard: complete hook: %w", err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return idempotency.Record{}, wrapErr(ctx, "complete: commit", err)
-	}
-	return rec, nil
+	return s.inTx(ctx, "complete", req.Hook, func(tx pgx.Tx) (idempotency.Record, error) {
+		return s.fenced(ctx, tx, "complete", s.q.complete, req.Key, req.Token, string(req.Status), req.Result, s.n.clock())
+	})
 }
 
 // fenced runs a token-fenced UPDATE ... RETURNING; no row is ErrClaimLost.
@@ -339,7 +325,35 @@ func (s *Store) Release(ctx context.Context, req idempotency.ReleaseRequest) err
 
 // Fail implements idempotency.Store: one UPDATE fenced by the token.
 func (s *Store) Fail(ctx context.Context, req idempotency.FailRequest) (idempotency.Record, error) {
-	return s.fenced(ctx, s.db, "fail", s.q.fail, req.Key, req.Token, req.Reason, s.n.clock())
+	if req.Hook == nil {
+		return s.fenced(ctx, s.db, "fail", s.q.fail, req.Key, req.Token, req.Reason, s.n.clock())
+	}
+	return s.inTx(ctx, "fail", req.Hook, func(tx pgx.Tx) (idempotency.Record, error) {
+		return s.fenced(ctx, tx, "fail", s.q.fail, req.Key, req.Token, req.Reason, s.n.clock())
+	})
+}
+
+// inTx runs update and then hook in one transaction (a savepoint when the
+// store's handle is itself a transaction), and commits only if both
+// succeed.
+func (s *Store) inTx(ctx context.Context, op string, hook func(context.Context, any) error, update func(pgx.Tx) (idempotency.Record, error)) (idempotency.Record, error) {
+	tx, err := s.db.Begin(ctx)
+	if err != nil {
+		return idempotency.Record{}, wrapErr(ctx, op+": begin", err)
+	}
+	// Rolling back after a failure must not depend on the caller's context.
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	rec, err := update(tx)
+	if err != nil {
+		return idempotency.Record{}, err
+	}
+	if err := hook(ctx, tx); err != nil {
+		return idempotency.Record{}, fmt.Errorf("pgguard: %s hook: %w", op, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return idempotency.Record{}, wrapErr(ctx, op+": commit", err)
+	}
+	return rec, nil
 }
 
 // Settle implements idempotency.Store: one UPDATE fenced by the token. As

@@ -545,6 +545,28 @@ var cases = []struct {
 			t.Fatal("hook did not run")
 		}
 	}},
+	{"FailHookRunsWithTheFailureAndItsErrorWritesNothing", func(t *testing.T, b *bundle) {
+		key := newKey()
+		rec := mustAcquire(t, b, req(key))
+		boom := errors.New("domain insert failed")
+		_, err := b.store.Fail(b.ctx, idempotency.FailRequest{Key: key, Token: rec.Token, Reason: "card_declined",
+			Hook: func(context.Context, any) error { return boom }})
+		if !errors.Is(err, boom) {
+			t.Fatalf("Fail must return the hook's error, got %v", err)
+		}
+		if cur, ok := lookupOne(t, b, key); !ok || cur.Status != idempotency.StatusPending || cur.Token != rec.Token {
+			t.Fatalf("a failed hook must leave the claim pending and held: %+v", cur)
+		}
+		var ran bool
+		failed, err := b.store.Fail(b.ctx, idempotency.FailRequest{Key: key, Token: rec.Token, Reason: "card_declined",
+			Hook: func(context.Context, any) error { ran = true; return nil }})
+		if err != nil || !ran || failed.Status != idempotency.StatusFailed {
+			t.Fatalf("Fail with a hook: ran=%v %+v %v", ran, failed, err)
+		}
+		if _, ok := lookupOne(t, b, key); ok {
+			t.Fatal("the failed record must free the key")
+		}
+	}},
 	{"CancelledContextIsAnError", func(t *testing.T, b *bundle) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
