@@ -130,6 +130,7 @@ func New(cfg Config) (*Program, error) {
 	p.effect.Expired = idempotency.ExpiredRetryUncalled
 	p.effect.Lease = Lease
 	p.effect.OnComplete = p.record
+	p.effect.OnFail = p.recordRefusal
 	return p, nil
 }
 
@@ -192,43 +193,34 @@ func (p *Program) Deliver(ctx context.Context, conversionID string) (idempotency
 	if err != nil {
 		return idempotency.Result[httpeffect.Response]{}, fmt.Errorf("affpostback: deliver %s: %w", conversionID, err)
 	}
-	res, err := idempotency.Run(ctx, p.exec, p.effect, c)
-	if rerr := p.recordRefusal(ctx, c, res.Outcome, res.Key, err); rerr != nil {
-		return res, rerr
-	}
-	return res, err
+	return idempotency.Run(ctx, p.exec, p.effect, c)
 }
 
 // Tick is one run of the cron job: sweep the conversions without a
-// postback through the effect, then record the network's refusals.
-// Overlapping ticks, and ticks racing Deliver, are safe: the claim stops
-// all but one before the request.
+// postback through the effect. Overlapping ticks, and ticks racing
+// Deliver, are safe: the claim stops all but one before the request.
 func (p *Program) Tick(ctx context.Context) (sweep.Report, error) {
 	cands, err := p.Candidates(ctx)
 	if err != nil {
 		return sweep.Report{}, err
 	}
-	rep, err := sweep.Run(ctx, p.exec, p.effect, sweep.Slice(cands), p.sweep)
-	for _, f := range rep.Failures {
-		if rerr := p.recordRefusal(ctx, cands[f.Index], f.Outcome, f.Key, f.Err); rerr != nil && err == nil {
-			err = rerr
-		}
-	}
-	return rep, err
+	return sweep.Run(ctx, p.exec, p.effect, sweep.Slice(cands), p.sweep)
 }
 
 // recordRefusal writes a failed postbacks row when the network refused the
-// request with a 4xx; the ledger already marked its record failed. (For a
-// receiver that ignores keys, the 422 httpeffect reports as a key mismatch
-// is a refusal like any other.) If the process dies before writing it, the
-// next tick sends the request once more and is refused again: a refused
-// request was not counted.
-func (p *Program) recordRefusal(ctx context.Context, c Conversion, o idempotency.Outcome, key idempotency.Key, err error) error {
+// request with a 4xx, in the transaction that marks the ledger record
+// failed (Effect.OnFail). (For a receiver that ignores keys, the 422
+// httpeffect reports as a key mismatch is a refusal like any other.)
+func (p *Program) recordRefusal(ctx context.Context, tx any, c Conversion, cause error) error {
 	var se *httpeffect.StatusError
-	if (o != idempotency.OutcomePermanent && o != idempotency.OutcomeMismatch) || !errors.As(err, &se) {
+	if !errors.As(cause, &se) {
 		return nil
 	}
-	if _, err := p.db.Exec(ctx, `
+	key, err := Key(c)
+	if err != nil {
+		return err
+	}
+	if _, err := tx.(pgx.Tx).Exec(ctx, `
 		INSERT INTO postbacks (conversion_id, status, http_status, idempotency_key, reason)
 		VALUES ($1, 'failed', $2, $3, $4)`, c.ID, se.Response.Status, key.String(), se.Error()); err != nil {
 		return fmt.Errorf("affpostback: record refusal of %s: %w", c.ID, err)

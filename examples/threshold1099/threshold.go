@@ -147,6 +147,7 @@ func New(cfg Config) (*Program, error) {
 	eff.DedupWindow = DedupWindow
 	eff.Lease = 2 * time.Minute // well above the client's 10s timeout
 	eff.OnComplete = p.record
+	eff.OnFail = p.recordRefusal
 	p.effect = eff
 	return p, nil
 }
@@ -244,39 +245,31 @@ func (p *Program) Candidates(ctx context.Context) ([]Candidate, error) {
 }
 
 // Tick is one run of the cron job: find the candidates and sweep them
-// through the effect, then record the provider's refusals. Overlapping
-// ticks are safe: the sweep pre-flights the ledger in batches, and the
-// claim stops the second tick before it calls the provider.
+// through the effect. Overlapping ticks are safe: the sweep pre-flights the
+// ledger in batches, and the claim stops the second tick before it calls
+// the provider.
 func (p *Program) Tick(ctx context.Context) (sweep.Report, error) {
 	cands, err := p.Candidates(ctx)
 	if err != nil {
 		return sweep.Report{}, err
 	}
-	rep, err := sweep.Run(ctx, p.exec, p.effect, sweep.Slice(cands), p.sweep)
-	if rerr := p.recordRefusals(ctx, cands, rep); err == nil {
-		err = rerr
-	}
-	return rep, err
+	return sweep.Run(ctx, p.exec, p.effect, sweep.Slice(cands), p.sweep)
 }
 
-// recordRefusals writes a failed notice for each candidate the provider
-// refused for good (a 4xx, such as an address it will not send to); the
-// ledger already marked its record failed. The failed row keeps the
-// payee-year out of later ticks until the address changes. If the process
-// dies before writing it, the next tick asks the provider once more and is
-// refused again: no email is sent.
-func (p *Program) recordRefusals(ctx context.Context, cands []Candidate, rep sweep.Report) error {
-	for _, f := range rep.Failures {
-		if f.Outcome != idempotency.OutcomePermanent {
-			continue
-		}
-		c := cands[f.Index]
-		if _, err := p.db.Exec(ctx, `
-			INSERT INTO threshold_notices (payee_id, tax_year, status, email, year_total_cents, idempotency_key, reason)
-			VALUES ($1, $2, 'failed', NULLIF($3, ''), $4, $5, $6)`,
-			c.PayeeID, c.TaxYear, c.Email, c.YearTotalCents, f.Key.String(), f.Err.Error()); err != nil {
-			return fmt.Errorf("threshold1099: record refusal of %s/%d: %w", c.PayeeID, c.TaxYear, err)
-		}
+// recordRefusal writes a failed notice when the provider refused for good
+// (a 4xx, such as an address it will not send to), in the transaction that
+// marks the ledger record failed (Effect.OnFail). The failed row keeps the
+// payee-year out of later ticks until the address changes.
+func (p *Program) recordRefusal(ctx context.Context, tx any, c Candidate, cause error) error {
+	key, err := Key(c)
+	if err != nil {
+		return err
+	}
+	if _, err := tx.(pgx.Tx).Exec(ctx, `
+		INSERT INTO threshold_notices (payee_id, tax_year, status, email, year_total_cents, idempotency_key, reason)
+		VALUES ($1, $2, 'failed', NULLIF($3, ''), $4, $5, $6)`,
+		c.PayeeID, c.TaxYear, c.Email, c.YearTotalCents, key.String(), cause.Error()); err != nil {
+		return fmt.Errorf("threshold1099: record refusal of %s/%d: %w", c.PayeeID, c.TaxYear, err)
 	}
 	return nil
 }
