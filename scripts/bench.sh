@@ -48,8 +48,9 @@ raw=$out/raw.txt
 # The sweeps issue 9 asks for; BENCH_DIAGNOSTICS=1 adds BenchmarkPreflight's
 # applied=100 case (the pre-flight alone, nothing left to do).
 sweeps='^Benchmark(Sweep|Preflight)$/^(conc=.*|applied=90)$'
+# and the sweep against a provider with 20 ms of latency.
 if [[ ${BENCH_DIAGNOSTICS:-0} == 1 ]]; then
-	sweeps='^Benchmark(Sweep|Preflight)$'
+	sweeps='^Benchmark(Sweep|SweepWithLatency|Preflight)$'
 fi
 started=$SECONDS
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/effectonce/effectonce/idempotency"
 )
@@ -171,6 +172,42 @@ func BenchmarkSweep(b *testing.B) {
 				b.ReportMetric(float64(f.count.Count())/effects, "statements/effect")
 			})
 		}
+	}
+}
+
+// BenchmarkSweepWithLatency is BenchmarkSweep at concurrency 8 with a
+// provider whose every call takes 20 ms, a fast real API's round trip, over
+// 1,000 candidates per iteration: how much of the claim's extra write is
+// left once the provider costs something. A diagnostic (bench.sh runs it
+// with BENCH_DIAGNOSTICS=1); issue 9's figures use the zero-latency fake.
+func BenchmarkSweepWithLatency(b *testing.B) {
+	const conc, n, latency = 8, 1000, 20 * time.Millisecond
+	for _, impl := range []string{"library", "handwritten"} {
+		b.Run(fmt.Sprintf("latency=20ms/conc=%d/impl=%s", conc, impl), func(b *testing.B) {
+			f := newFixture(b, conc)
+			run := f.librarySweep
+			if impl == "handwritten" {
+				run = f.handwrittenSweep
+			}
+			f.seedHistory(b, historyRows)
+			f.warm(b, conc)
+			if _, err := run(grants(4*conc, 1), conc); err != nil {
+				b.Fatal(err)
+			}
+			f.prov.latency = latency
+			milestone := int64(100)
+			for b.Loop() {
+				milestone++
+				got, err := run(grants(n, milestone), conc)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if got.Applied != n || got.ProviderCalls != n {
+					b.Fatalf("sweep did not apply every candidate once: %s", got)
+				}
+			}
+			b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "effects/s")
+		})
 	}
 }
 

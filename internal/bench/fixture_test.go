@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
@@ -54,11 +55,19 @@ const fakeCode = "promo_fake"
 
 // provider is the zero-latency fake provider, shared by both sides of every
 // comparison. It counts its calls.
-type provider struct{ calls atomic.Int64 }
+type provider struct {
+	calls atomic.Int64
+	// latency, when set, is how long each call takes (a real provider's
+	// round trip); zero in every benchmark but BenchmarkSweepWithLatency.
+	latency time.Duration
+}
 
 func (p *provider) create(_ context.Context, key string, _ grant) (string, error) {
 	if key == "" {
 		return "", errors.New("provider: request without an idempotency key")
+	}
+	if p.latency > 0 {
+		time.Sleep(p.latency)
 	}
 	p.calls.Add(1)
 	return fakeCode, nil
