@@ -97,12 +97,5 @@ func CreditBalance(ctx context.Context, api *client.API, key idempotency.Key, c 
 //
 // It panics if api or build is nil.
 func CreditEffect[In any](api *client.API, name string, key func(In) (idempotency.Key, error), build func(In) Credit) *idempotency.Effect[In, CreditResult] {
-	return newEffect(api, name, key, build,
-		func(ctx context.Context, api *client.API, k idempotency.Key, c Credit) (CreditResult, error) {
-			bt, err := CreditBalance(ctx, api, k, c)
-			if err != nil {
-				return CreditResult{}, err
-			}
-			return CreditResultOf(bt), nil
-		}, true)
+	return newEffect(api, name, key, build, CreditBalance, CreditResultOf, true)
 }

@@ -48,13 +48,15 @@ func metadataWithKey(m map[string]string, key idempotency.Key) map[string]string
 
 // newEffect builds the effects of this package: build turns the input into
 // the request (called once for the fingerprint and once per attempt, so it
-// must depend on in only), call sends it.
-func newEffect[In, Req, Out any](
+// must depend on in only), send sends it, and result keeps the small part
+// of Stripe's object that the ledger stores.
+func newEffect[In, Req, Obj, Out any](
 	api *client.API,
 	name string,
 	key func(In) (idempotency.Key, error),
 	build func(In) Req,
-	call func(ctx context.Context, api *client.API, key idempotency.Key, req Req) (Out, error),
+	send func(ctx context.Context, api *client.API, key idempotency.Key, req Req) (Obj, error),
+	result func(Obj) Out,
 	window bool,
 ) *idempotency.Effect[In, Out] {
 	if api == nil {
@@ -72,7 +74,12 @@ func newEffect[In, Req, Out any](
 		// answers it with an idempotency_error.
 		Fingerprint: func(in In) ([]byte, error) { return json.Marshal(build(in)) },
 		Call: func(ctx context.Context, k idempotency.Key, in In) (Out, error) {
-			return call(ctx, api, k, build(in))
+			obj, err := send(ctx, api, k, build(in))
+			if err != nil {
+				var zero Out
+				return zero, err
+			}
+			return result(obj), nil
 		},
 		Expired: idempotency.ExpiredRetry,
 		Retry:   &retry,

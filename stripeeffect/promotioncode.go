@@ -117,14 +117,7 @@ func DeactivatePromotionCode(ctx context.Context, api *client.API, key idempoten
 //
 // It panics if api or build is nil.
 func PromotionCodeEffect[In any](api *client.API, name string, key func(In) (idempotency.Key, error), build func(In) PromotionCode) *idempotency.Effect[In, PromotionCodeResult] {
-	return newEffect(api, name, key, build,
-		func(ctx context.Context, api *client.API, k idempotency.Key, p PromotionCode) (PromotionCodeResult, error) {
-			pc, err := CreatePromotionCode(ctx, api, k, p)
-			if err != nil {
-				return PromotionCodeResult{}, err
-			}
-			return PromotionCodeResultOf(pc), nil
-		}, true)
+	return newEffect(api, name, key, build, CreatePromotionCode, PromotionCodeResultOf, true)
 }
 
 // DeactivatePromotionCodeEffect returns an effect that deactivates the
@@ -133,12 +126,5 @@ func PromotionCodeEffect[In any](api *client.API, name string, key func(In) (ide
 // to repeat, so an expired claim is always taken over (ExpiredRetry, no
 // DedupWindow). It panics if api or promotionCodeID is nil.
 func DeactivatePromotionCodeEffect[In any](api *client.API, name string, key func(In) (idempotency.Key, error), promotionCodeID func(In) string) *idempotency.Effect[In, PromotionCodeResult] {
-	return newEffect(api, name, key, promotionCodeID,
-		func(ctx context.Context, api *client.API, k idempotency.Key, id string) (PromotionCodeResult, error) {
-			pc, err := DeactivatePromotionCode(ctx, api, k, id)
-			if err != nil {
-				return PromotionCodeResult{}, err
-			}
-			return PromotionCodeResultOf(pc), nil
-		}, false)
+	return newEffect(api, name, key, promotionCodeID, DeactivatePromotionCode, PromotionCodeResultOf, false)
 }

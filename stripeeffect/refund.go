@@ -92,12 +92,5 @@ func CreateRefund(ctx context.Context, api *client.API, key idempotency.Key, r R
 //
 // It panics if api or build is nil.
 func RefundEffect[In any](api *client.API, name string, key func(In) (idempotency.Key, error), build func(In) Refund) *idempotency.Effect[In, RefundResult] {
-	return newEffect(api, name, key, build,
-		func(ctx context.Context, api *client.API, k idempotency.Key, r Refund) (RefundResult, error) {
-			rf, err := CreateRefund(ctx, api, k, r)
-			if err != nil {
-				return RefundResult{}, err
-			}
-			return RefundResultOf(rf), nil
-		}, true)
+	return newEffect(api, name, key, build, CreateRefund, RefundResultOf, true)
 }
