@@ -143,33 +143,7 @@ func BenchmarkSweep(b *testing.B) {
 	for _, conc := range sweepConcurrencies {
 		for _, impl := range []string{"library", "handwritten"} {
 			b.Run(fmt.Sprintf("conc=%d/impl=%s", conc, impl), func(b *testing.B) {
-				f := newFixture(b, conc)
-				run := f.librarySweep
-				if impl == "handwritten" {
-					run = f.handwrittenSweep
-				}
-				f.seedHistory(b, historyRows)
-				f.warm(b, conc)
-				// A small sweep first warms every connection's statement cache.
-				if _, err := run(grants(4*conc, 1), conc); err != nil {
-					b.Fatal(err)
-				}
-				f.count.Reset()
-				milestone := int64(100)
-				for b.Loop() {
-					milestone++ // fresh keys: the same work every iteration
-					gs := grants(sweepSize, milestone)
-					got, err := run(gs, conc)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if got.Applied != sweepSize || got.ProviderCalls != sweepSize {
-						b.Fatalf("sweep did not apply every candidate once: %s", got)
-					}
-				}
-				effects := float64(sweepSize * b.N)
-				b.ReportMetric(effects/b.Elapsed().Seconds(), "effects/s")
-				b.ReportMetric(float64(f.count.Count())/effects, "statements/effect")
+				benchSweep(b, impl, conc, sweepSize, 0)
 			})
 		}
 	}
@@ -181,34 +155,45 @@ func BenchmarkSweep(b *testing.B) {
 // left once the provider costs something. A diagnostic (bench.sh runs it
 // with BENCH_DIAGNOSTICS=1); issue 9's figures use the zero-latency fake.
 func BenchmarkSweepWithLatency(b *testing.B) {
-	const conc, n, latency = 8, 1000, 20 * time.Millisecond
 	for _, impl := range []string{"library", "handwritten"} {
-		b.Run(fmt.Sprintf("latency=20ms/conc=%d/impl=%s", conc, impl), func(b *testing.B) {
-			f := newFixture(b, conc)
-			run := f.librarySweep
-			if impl == "handwritten" {
-				run = f.handwrittenSweep
-			}
-			f.seedHistory(b, historyRows)
-			f.warm(b, conc)
-			if _, err := run(grants(4*conc, 1), conc); err != nil {
-				b.Fatal(err)
-			}
-			f.prov.latency = latency
-			milestone := int64(100)
-			for b.Loop() {
-				milestone++
-				got, err := run(grants(n, milestone), conc)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if got.Applied != n || got.ProviderCalls != n {
-					b.Fatalf("sweep did not apply every candidate once: %s", got)
-				}
-			}
-			b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "effects/s")
+		b.Run("latency=20ms/conc=8/impl="+impl, func(b *testing.B) {
+			benchSweep(b, impl, 8, 1000, 20*time.Millisecond)
 		})
 	}
+}
+
+// benchSweep runs one sweep of n fresh candidates per iteration through
+// impl ("library" or "handwritten") at concurrency conc, against a
+// provider taking latency per call, and reports effects/s and statements
+// per effect.
+func benchSweep(b *testing.B, impl string, conc, n int, latency time.Duration) {
+	f := newFixture(b, conc)
+	run := f.librarySweep
+	if impl == "handwritten" {
+		run = f.handwrittenSweep
+	}
+	f.seedHistory(b, historyRows)
+	f.warm(b, conc)
+	// A small sweep first warms every connection's statement cache.
+	if _, err := run(grants(4*conc, 1), conc); err != nil {
+		b.Fatal(err)
+	}
+	f.prov.latency = latency
+	f.count.Reset()
+	milestone := int64(100)
+	for b.Loop() {
+		milestone++ // fresh keys: the same work every iteration
+		got, err := run(grants(n, milestone), conc)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if got.Applied != n || got.ProviderCalls != n {
+			b.Fatalf("sweep did not apply every candidate once: %s", got)
+		}
+	}
+	effects := float64(n * b.N)
+	b.ReportMetric(effects/b.Elapsed().Seconds(), "effects/s")
+	b.ReportMetric(float64(f.count.Count())/effects, "statements/effect")
 }
 
 // BenchmarkPreflight sweeps 10,000 candidates of which a share is already
