@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/effectonce/effectonce/examples/applyloyalty"
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/pgguard"
 )
@@ -84,13 +85,8 @@ type pgDB struct {
 	store  *pgguard.Store
 }
 
-var guard = pgguard.Guard{
-	Table:          "loyalty_discounts",
-	Columns:        []string{"user_id"},
-	StatusColumn:   "status",
-	ActiveStatuses: []string{"applied", "skipped"},
-	IndexName:      "uq_loyalty_discounts_active",
-}
+// guard is applyloyalty's: the seed's partial unique index.
+var guard = applyloyalty.Guard
 
 func openPG(ctx context.Context, dsn string) (*pgDB, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)

@@ -36,6 +36,7 @@ import (
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/client"
 
+	"github.com/effectonce/effectonce/examples/applyloyalty"
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/idempotency/sweep"
 	"github.com/effectonce/effectonce/stripeeffect"
@@ -248,8 +249,6 @@ func handWritten(ctx context.Context, api *client.API, db database, subs []subsc
 	})
 }
 
-var keys = idempotency.KeySpace{Namespace: "loyalty.anniversary", Version: 1}
-
 // library runs the two ticks as concurrent sweeps of one effect.
 func library(ctx context.Context, api *client.API, db database, subs []subscriber, _, _ time.Time) error {
 	exec, err := idempotency.NewExecutor(db.Store(), nil)
@@ -258,7 +257,7 @@ func library(ctx context.Context, api *client.API, db database, subs []subscribe
 	}
 	eff := stripeeffect.PromotionCodeEffect(api, "loyalty.anniversary",
 		func(s subscriber) (idempotency.Key, error) {
-			return keys.Key(idempotency.Str("user", s.User), idempotency.Str("sub", s.Subscription), idempotency.Int("milestone", 12))
+			return applyloyalty.Key(applyloyalty.Candidate{UserID: s.User, SubscriptionID: s.Subscription, Milestone: applyloyalty.MilestoneMonths})
 		},
 		func(s subscriber) stripeeffect.PromotionCode {
 			return stripeeffect.PromotionCode{Coupon: coupon, Customer: s.Customer}
