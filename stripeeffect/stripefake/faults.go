@@ -67,6 +67,20 @@ const (
 	// client may transparently receive the replayed response instead of an
 	// error. Use FaultResponseLost for a deterministic network error.
 	FaultConnectionClosed
+
+	// FaultServerErrorSavedBeforeWrite lets the endpoint start (the
+	// parameters are validated and the resources they name looked up), then
+	// fails it before it writes anything and answers with a 5xx api_error
+	// (Fault.Status, 500 by default) that is saved under the idempotency
+	// key: nothing is created, a list shows no object, and every retry with
+	// the same key gets the same 5xx back, with Idempotent-Replayed: true,
+	// until the key expires. This is Stripe's "began executing, then failed"
+	// case, in which only a lookup can tell that nothing happened.
+	// Stripe-Should-Retry is false. Like FaultServerErrorAfterWrite it only
+	// matches requests that execute, and is handed back when the endpoint
+	// rejects the parameters. On a GET (Fault.Method "GET") it answers the
+	// 5xx after reading.
+	FaultServerErrorSavedBeforeWrite
 )
 
 var faultNames = map[FaultKind]string{
@@ -79,6 +93,8 @@ var faultNames = map[FaultKind]string{
 	FaultDelayAfterWrite:        "FaultDelayAfterWrite",
 	FaultResponseLost:           "FaultResponseLost",
 	FaultConnectionClosed:       "FaultConnectionClosed",
+
+	FaultServerErrorSavedBeforeWrite: "FaultServerErrorSavedBeforeWrite",
 }
 
 // String returns the constant's name.
@@ -138,10 +154,10 @@ type activeFault struct {
 // match applies. A fault is consumed by a request that passes the idempotency
 // check, whether it is about to execute or to replay a saved response;
 // requests rejected with an idempotency error (400 or 409) never consume a
-// fault, and FaultServerErrorAfterWrite is only consumed by a request that
-// actually executes (it is handed back when the endpoint rejects the
-// parameters). It panics if f.Kind is not a known kind or f.Path is not a
-// valid path.Match pattern.
+// fault, and FaultServerErrorAfterWrite and FaultServerErrorSavedBeforeWrite
+// are only consumed by a request that actually executes (they are handed
+// back when the endpoint rejects the parameters). It panics if f.Kind is
+// not a known kind or f.Path is not a valid path.Match pattern.
 func (s *Server) InjectFault(f Fault) {
 	if _, ok := faultNames[f.Kind]; !ok || f.Kind == FaultNone {
 		panic(fmt.Sprintf("stripefake: InjectFault with invalid kind %v", f.Kind))
@@ -182,7 +198,7 @@ func (f *activeFault) matches(method, p, key string, replay bool) bool {
 	if f.remaining == 0 {
 		return false
 	}
-	if replay && f.Kind == FaultServerErrorAfterWrite {
+	if replay && (f.Kind == FaultServerErrorAfterWrite || f.Kind == FaultServerErrorSavedBeforeWrite) {
 		return false
 	}
 	wantMethod := f.Method
@@ -280,7 +296,7 @@ func (f *activeFault) reply() reply {
 		return r
 	default: // server errors
 		r := errorReply(f.status(), "api_error", "", "An unknown error occurred (injected by stripefake).", "")
-		if f.Kind == FaultServerErrorAfterWrite {
+		if f.Kind == FaultServerErrorAfterWrite || f.Kind == FaultServerErrorSavedBeforeWrite {
 			r.header.Set("Stripe-Should-Retry", "false")
 		}
 		return r

@@ -17,6 +17,10 @@ type call struct {
 	rec    *RequestRecord
 
 	finished bool // rec stored
+
+	// noWrite is set by FaultServerErrorSavedBeforeWrite: a handler that
+	// has validated the request returns started() instead of changing state.
+	noWrite bool
 }
 
 // result is what a handler did. executed is false when the request was
@@ -33,63 +37,72 @@ type handlerFunc func(s *Server, c *call) result
 
 func rejected(r reply) result { return result{rep: r} }
 
+// started is the result of a handler stopped by noWrite after validation:
+// the endpoint began executing and wrote nothing. The caller replaces the
+// empty reply with the fault's.
+func started() result { return result{executed: true} }
+
 func rejectedPtr(r *reply) result { return result{rep: *r} }
 
 func ok(objectID string, v any) result {
 	return result{rep: jsonReply(http.StatusOK, v), executed: true, objectID: objectID}
 }
 
-// route finds the handler of method and path, with the identifiers in the path.
-func route(method, p string) (handlerFunc, []string) {
+// endpoint is what the router found for a request: its handler, the
+// identifiers taken from the path, and the operation and kind it addresses.
+type endpoint struct {
+	h    handlerFunc
+	ids  []string
+	op   Op
+	kind Kind
+}
+
+// route finds the endpoint of method and path. Its op and kind are set
+// whenever the path names a modelled resource, even when the method is not
+// served (h nil), so that such a request is still counted as what it tried.
+func route(method, p string) endpoint {
 	parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
 	if len(parts) < 2 || parts[0] != "v1" {
-		return nil, nil
+		return endpoint{}
 	}
 	for _, part := range parts[1:] {
 		if part == "" {
-			return nil, nil
+			return endpoint{}
 		}
 	}
 	get, post := method == http.MethodGet, method == http.MethodPost
+	// at picks the POST or GET handler of a collection (create, list) or
+	// of one object (update, retrieve); a nil handler is not served.
+	at := func(kind Kind, one bool, ids []string, onPost, onGet handlerFunc) endpoint {
+		e := endpoint{ids: ids, kind: kind}
+		switch {
+		case post && !one:
+			e.op, e.h = OpCreate, onPost
+		case post:
+			e.op, e.h = OpUpdate, onPost
+		case get && !one:
+			e.op, e.h = OpList, onGet
+		case get:
+			e.op, e.h = OpRetrieve, onGet
+		}
+		return e
+	}
 	switch {
 	case len(parts) == 2 && parts[1] == "promotion_codes":
-		if post {
-			return (*Server).createPromotionCode, nil
-		}
-		if get {
-			return (*Server).listPromotionCodes, nil
-		}
+		return at(KindPromotionCode, false, nil, (*Server).createPromotionCode, (*Server).listPromotionCodes)
 	case len(parts) == 3 && parts[1] == "promotion_codes":
-		if post {
-			return (*Server).updatePromotionCode, parts[2:]
-		}
-		if get {
-			return (*Server).getPromotionCode, parts[2:]
-		}
+		return at(KindPromotionCode, true, parts[2:], (*Server).updatePromotionCode, (*Server).getPromotionCode)
 	case len(parts) == 2 && parts[1] == "refunds":
-		if post {
-			return (*Server).createRefund, nil
-		}
-		if get {
-			return (*Server).listRefunds, nil
-		}
+		return at(KindRefund, false, nil, (*Server).createRefund, (*Server).listRefunds)
 	case len(parts) == 3 && parts[1] == "refunds":
-		if get {
-			return (*Server).getRefund, parts[2:]
-		}
+		return at(KindRefund, true, parts[2:], nil, (*Server).getRefund)
 	case len(parts) == 4 && parts[1] == "customers" && parts[3] == "balance_transactions":
-		if post {
-			return (*Server).createBalanceTransaction, parts[2:3]
-		}
-		if get {
-			return (*Server).listBalanceTransactions, parts[2:3]
-		}
+		return at(KindCustomerBalanceTransaction, false, parts[2:3],
+			(*Server).createBalanceTransaction, (*Server).listBalanceTransactions)
 	case len(parts) == 5 && parts[1] == "customers" && parts[3] == "balance_transactions":
-		if get {
-			return (*Server).getBalanceTransaction, []string{parts[2], parts[4]}
-		}
+		return at(KindCustomerBalanceTransaction, true, []string{parts[2], parts[4]}, nil, (*Server).getBalanceTransaction)
 	}
-	return nil, nil
+	return endpoint{}
 }
 
 func (s *Server) recordObjectLocked(kind Kind, id string, c *call) {
@@ -160,6 +173,51 @@ func paginate[T any](p params, items []T, id func(T) string) ([]T, bool, *reply)
 	}
 	return items, false, nil
 }
+
+// createdFilter returns the filter a list's created parameter asks for:
+// created=T (exactly T) or any of created[gt], created[gte], created[lt] and
+// created[lte], in Unix seconds. Without the parameter every time matches.
+func (p params) createdFilter() (func(created int64) bool, *reply) {
+	type bound struct {
+		op string
+		t  int64
+	}
+	var bounds []bound
+	for _, kv := range p {
+		if topName(kv.Key) != "created" {
+			continue
+		}
+		op := "eq"
+		if kv.Key != "created" {
+			inner, ok := strings.CutSuffix(strings.TrimPrefix(kv.Key, "created["), "]")
+			if !ok || !slices.Contains([]string{"gt", "gte", "lt", "lte"}, inner) {
+				return nil, ptr(invalidRequest(http.StatusBadRequest, "parameter_unknown",
+					fmt.Sprintf("Received unknown parameter: %s", kv.Key), kv.Key))
+			}
+			op = inner
+		}
+		t, _, bad := p.int64(kv.Key)
+		if bad != nil {
+			return nil, bad
+		}
+		bounds = append(bounds, bound{op, t})
+	}
+	return func(created int64) bool {
+		for _, b := range bounds {
+			switch {
+			case b.op == "eq" && created != b.t,
+				b.op == "gt" && created <= b.t,
+				b.op == "gte" && created < b.t,
+				b.op == "lt" && created >= b.t,
+				b.op == "lte" && created > b.t:
+				return false
+			}
+		}
+		return true
+	}, nil
+}
+
+func ptr[T any](v T) *T { return &v }
 
 func newestFirst[T any](items []T, keep func(T) bool) []T {
 	var out []T
@@ -333,6 +391,9 @@ func (s *Server) createPromotionCode(c *call) result {
 		}
 	}
 
+	if c.noWrite {
+		return started()
+	}
 	id := s.newIDLocked("promo")
 	if code == "" {
 		code = fmt.Sprintf("FAKE%06d", s.counters["promo"])
@@ -379,6 +440,9 @@ func (s *Server) updatePromotionCode(c *call) result {
 					fmt.Sprintf("An active promotion code with `code: %s` already exists.", pc.code), "active"))
 			}
 		}
+	}
+	if c.noWrite {
+		return started()
 	}
 	if setActive {
 		pc.active = active
@@ -429,8 +493,12 @@ func (s *Server) listPromotionCodes(c *call) result {
 	if bad != nil {
 		return rejectedPtr(bad)
 	}
+	inCreated, bad := p.createdFilter()
+	if bad != nil {
+		return rejectedPtr(bad)
+	}
 	items := newestFirst(s.promos, func(pc *promotionCode) bool {
-		return (!filterActive || pc.active == active) &&
+		return inCreated(pc.created) && (!filterActive || pc.active == active) &&
 			(code == "" || strings.EqualFold(pc.code, code)) &&
 			(couponID == "" || pc.coupon.id == couponID) &&
 			(customer == "" || pc.customer == customer)
@@ -595,6 +663,9 @@ func (s *Server) refundIntent(c *call, pi *paymentIntent) result {
 	if meta == nil {
 		meta = map[string]string{}
 	}
+	if c.noWrite {
+		return started()
+	}
 	pi.refunded += amount
 	rf := &refund{id: s.newIDLocked("re"), paymentIntent: pi, amount: amount, reason: reason,
 		metadata: meta, created: s.now.Unix()}
@@ -629,8 +700,12 @@ func (s *Server) listRefunds(c *call) result {
 	if bad != nil {
 		return rejectedPtr(bad)
 	}
+	inCreated, bad := p.createdFilter()
+	if bad != nil {
+		return rejectedPtr(bad)
+	}
 	items := newestFirst(s.refunds, func(rf *refund) bool {
-		return (piID == "" || rf.paymentIntent.id == piID) && (charge == "" || rf.paymentIntent.chargeID == charge)
+		return inCreated(rf.created) && (piID == "" || rf.paymentIntent.id == piID) && (charge == "" || rf.paymentIntent.chargeID == charge)
 	})
 	page, more, bad := paginate(p, items, func(rf *refund) string { return rf.id })
 	if bad != nil {
@@ -734,6 +809,9 @@ func (s *Server) createBalanceTransaction(c *call) result {
 	}
 	if meta == nil {
 		meta = map[string]string{}
+	}
+	if c.noWrite {
+		return started()
 	}
 	if bal == nil {
 		bal = &customerBalance{currency: currency}

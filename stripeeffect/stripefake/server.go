@@ -38,6 +38,20 @@ const (
 	KindCustomerBalanceTransaction Kind = "customer_balance_transaction"
 )
 
+// Op names the kind of API operation a request asked for, from its method
+// and path: POST to a collection creates, POST to one object updates, GET of
+// a collection lists, GET of one object retrieves.
+type Op string
+
+// The operations of [RequestRecord.Op].
+const (
+	OpNone     Op = ""         // a path the fake does not model
+	OpCreate   Op = "create"   // POST /v1/refunds, POST /v1/customers/{cus}/balance_transactions
+	OpUpdate   Op = "update"   // POST /v1/promotion_codes/{id}
+	OpList     Op = "list"     // GET /v1/promotion_codes
+	OpRetrieve Op = "retrieve" // GET /v1/refunds/{id}
+)
+
 // Object is an object the server created by executing a request.
 type Object struct {
 	Kind           Kind
@@ -54,6 +68,8 @@ type RequestRecord struct {
 	RequestID      string    // the Request-Id header sent back
 	Method         string
 	Path           string
+	Op             Op     // operation asked for, whatever the outcome; OpNone if not modelled
+	Kind           Kind   // kind of object addressed; "" if not modelled
 	IdempotencyKey string // "" when the request had none
 	// Params is the canonical form of the parameters (the body of a POST,
 	// the query of a GET): keys sorted, uniformly escaped.
@@ -253,6 +269,24 @@ func (s *Server) Requests(key string) []RequestRecord {
 	return out
 }
 
+// Calls returns how many finished requests asked for op on objects of kind,
+// whatever their outcome (rejected, replayed, failed by a fault or
+// executed); kind "" counts every kind. Calls(OpCreate, "") counts every
+// creating POST and Calls(OpList, KindRefund) every page of a refund list,
+// so a test can tell reads from writes: take the counts before and after the
+// code under test.
+func (s *Server) Calls(op Op, kind Kind) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, r := range s.records {
+		if r.Op == op && (kind == "" || r.Kind == kind) {
+			n++
+		}
+	}
+	return n
+}
+
 // RequestCount returns how many requests (of any method) have finished.
 func (s *Server) RequestCount() int {
 	s.mu.Lock()
@@ -295,6 +329,7 @@ var generatedKey = regexp.MustCompile(`^[0-9]{10,}_[A-Za-z0-9_-]{6}$`)
 // ServeHTTP implements http.Handler, so the fake can also be mounted on a
 // server of the caller's choosing.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ep := route(r.Method, r.URL.Path)
 	s.mu.Lock()
 	s.seq++
 	rec := &RequestRecord{
@@ -303,6 +338,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		RequestID:      s.newIDLocked("req"),
 		Method:         r.Method,
 		Path:           r.URL.Path,
+		Op:             ep.op,
+		Kind:           ep.kind,
 		IdempotencyKey: strings.TrimSpace(r.Header.Get("Idempotency-Key")),
 	}
 	s.mu.Unlock()
@@ -340,7 +377,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rec.Params = canonicalForm(pairs)
 
-	h2, pathIDs := route(r.Method, r.URL.Path)
+	h2, pathIDs := ep.h, ep.ids
 	if h2 == nil {
 		s.send(w, c, invalidRequest(http.StatusNotFound, "",
 			fmt.Sprintf("Unrecognized request URL (%s: %s).", r.Method, r.URL.Path), ""))
@@ -479,6 +516,8 @@ func (s *Server) run(w http.ResponseWriter, c *call, h handlerFunc, e *idemEntry
 		if !f.wait(c.r.Context().Done(), s.closed) {
 			return // client gone before execution: nothing done, nothing saved
 		}
+	case FaultServerErrorSavedBeforeWrite:
+		c.noWrite = true
 	}
 
 	s.mu.Lock()
@@ -488,7 +527,7 @@ func (s *Server) run(w http.ResponseWriter, c *call, h handlerFunc, e *idemEntry
 	if !res.executed {
 		// Validation failed before the endpoint started: not saved.
 		if kind == FaultServerErrorAfterWrite || kind == FaultDelayAfterWrite ||
-			kind == FaultResponseLost || kind == FaultConnectionClosed {
+			kind == FaultResponseLost || kind == FaultConnectionClosed || kind == FaultServerErrorSavedBeforeWrite {
 			s.giveBack(f)
 			rec.Fault = FaultNone
 		}
@@ -499,10 +538,13 @@ func (s *Server) run(w http.ResponseWriter, c *call, h handlerFunc, e *idemEntry
 	rec.Executed = true
 	rec.ObjectID = res.objectID
 	rep := res.rep
-	if kind == FaultServerErrorAfterWrite {
+	if kind == FaultServerErrorAfterWrite || kind == FaultServerErrorSavedBeforeWrite {
 		rep = f.reply()
 	}
 	if e != nil {
+		// Stripe names the request whose response is saved under the key
+		// in Original-Request, on this response and on every replay.
+		rep.header.Set("Original-Request", rec.RequestID)
 		s.mu.Lock()
 		e.rep = rep.clone()
 		e.requestID = rec.RequestID
