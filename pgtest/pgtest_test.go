@@ -10,13 +10,34 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/effectonce/effectonce/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+// The tests below re-run this test binary as a subprocess with helperEnv set,
+// to see what a package's tests do under a given configuration. Such a
+// subprocess runs only TestHelper, with the code configuration the other two
+// variables give.
+const (
+	helperEnv         = "PGTEST_HELPER"               // "1": this process is a helper
+	helperDSNEnv      = "PGTEST_HELPER_CODE_DSN"      // its Config.DatabaseURL
+	helperRequiredEnv = "PGTEST_HELPER_CODE_REQUIRED" // "1": its Config.Required
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "1" {
+		pgtest.MainWithConfig(m, &pgtest.Config{
+			DatabaseURL: os.Getenv(helperDSNEnv),
+			Required:    os.Getenv(helperRequiredEnv) == "1",
+		})
+		return
+	}
+	pgtest.Main(m)
+}
 
 func schemaExists(t *testing.T, admin *pgxpool.Pool, schema string) bool {
 	t.Helper()
@@ -140,6 +161,10 @@ func TestParallelSchemasAreIsolated(t *testing.T) {
 			if reg != nil {
 				t.Errorf("%s sees %s's table as %s", name, other, *reg)
 			}
+			_, err := pool.Exec(ctx, "SELECT count(*) FROM only_"+other)
+			if !isUndefinedTable(err) {
+				t.Errorf("%s queried %s's table only_%s: err = %v, want undefined_table (42P01)", name, other, other, err)
+			}
 			rows, err := pool.Query(ctx, "SELECT v FROM items")
 			if err != nil {
 				t.Fatal(err)
@@ -152,6 +177,46 @@ func TestParallelSchemasAreIsolated(t *testing.T) {
 				t.Errorf("%s sees items %v, want [%s]", name, vals, name)
 			}
 		})
+	}
+}
+
+func isUndefinedTable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedTable
+}
+
+// search_path holds the test's schema only: a table in public is not
+// reachable by its bare name, so a test that forgot a migration fails
+// instead of using someone else's table.
+func TestSearchPathExcludesPublic(t *testing.T) {
+	ctx := context.Background()
+	admin := pgtest.AdminPool(t)
+	pool, schema := pgtest.Schema(t)
+
+	table := "pgtest_public_" + strings.TrimPrefix(schema, "t_")
+	qualified := pgx.Identifier{"public", table}.Sanitize()
+	if _, err := admin.Exec(ctx, "CREATE TABLE "+qualified+" (v int)"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := admin.Exec(context.Background(), "DROP TABLE "+qualified); err != nil {
+			t.Errorf("drop %s: %v", qualified, err)
+		}
+	})
+
+	var sp string
+	if err := pool.QueryRow(ctx, "SHOW search_path").Scan(&sp); err != nil {
+		t.Fatal(err)
+	}
+	if sp != schema {
+		t.Errorf("search_path = %q, want %q", sp, schema)
+	}
+	if _, err := pool.Exec(ctx, "SELECT count(*) FROM "+table); !isUndefinedTable(err) {
+		t.Errorf("bare name of a table in public: err = %v, want undefined_table (42P01)", err)
+	}
+	// The table is there: qualified, the same pool reaches it.
+	if _, err := pool.Exec(ctx, "SELECT count(*) FROM "+qualified); err != nil {
+		t.Errorf("qualified name: %v", err)
 	}
 }
 
@@ -228,47 +293,55 @@ func TestAdminPoolAndConfig(t *testing.T) {
 	}
 }
 
-// helperEnv makes TestHelperNoServer do its work; it runs only as a
-// subprocess of TestSkipWithoutServer.
-const helperEnv = "PGTEST_HELPER_NO_SERVER"
-
-func TestHelperNoServer(t *testing.T) {
+// TestHelper is what a package's test does: ask for a pool and use it. It
+// runs only in a subprocess started by runHelper.
+func TestHelper(t *testing.T) {
 	if os.Getenv(helperEnv) != "1" {
-		t.Skip("helper for TestSkipWithoutServer")
+		t.Skip("run in a subprocess by the configuration tests")
 	}
-	pgtest.Pool(t)
-	t.Log("unreachable: got a pool")
+	pool := pgtest.Pool(t)
+	var schema string
+	if err := pool.QueryRow(context.Background(), "SELECT current_schema()").Scan(&schema); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("helper: on schema %s", schema)
+}
+
+// runHelper runs TestHelper in a subprocess of this test binary, with the
+// given environment on top of this one's minus pgtest's own variables. The
+// subprocess sees no Docker engine, so it never starts a container. It
+// returns the output and whether the subprocess passed.
+func runHelper(t *testing.T, env ...string) (string, bool) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelper$", "-test.v", "-test.count=1")
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case pgtest.EnvDatabaseURL, pgtest.EnvRequired, pgtest.EnvReport, "DOCKER_HOST",
+			helperEnv, helperDSNEnv, helperRequiredEnv:
+			continue
+		}
+		cmd.Env = append(cmd.Env, kv)
+	}
+	cmd.Env = append(cmd.Env, helperEnv+"=1", "DOCKER_HOST=unix:///nonexistent/pgtest/docker.sock")
+	cmd.Env = append(cmd.Env, env...)
+	out, err := cmd.CombinedOutput()
+	var exitErr *exec.ExitError
+	if err != nil && !errors.As(err, &exitErr) {
+		t.Fatalf("run helper: %v", err)
+	}
+	return string(out), err == nil
 }
 
 // With neither TEST_DATABASE_URL nor a Docker engine, a test is skipped
 // with one clear line; with TEST_DATABASE_REQUIRED=1 it fails instead.
 func TestSkipWithoutServer(t *testing.T) {
-	run := func(required bool) (string, error) {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperNoServer$", "-test.v", "-test.count=1")
-		var env []string
-		for _, kv := range os.Environ() {
-			k, _, _ := strings.Cut(kv, "=")
-			switch k {
-			case pgtest.EnvDatabaseURL, pgtest.EnvRequired, "DOCKER_HOST", pgtest.EnvReport:
-				continue
-			}
-			env = append(env, kv)
-		}
-		env = append(env, helperEnv+"=1", "DOCKER_HOST=unix:///nonexistent/pgtest/docker.sock")
-		if required {
-			env = append(env, pgtest.EnvRequired+"=1")
-		}
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
-
 	start := time.Now()
-	out, err := run(false)
-	if err != nil {
-		t.Fatalf("without a server the helper should pass (skip): %v\n%s", err, out)
+	out, ok := runHelper(t)
+	if !ok {
+		t.Fatalf("without a server the helper should pass (skip):\n%s", out)
 	}
-	if !strings.Contains(out, pgtest.SkipMessage) || !strings.Contains(out, "--- SKIP: TestHelperNoServer") {
+	if !strings.Contains(out, pgtest.SkipMessage) || !strings.Contains(out, "--- SKIP: TestHelper") {
 		t.Fatalf("output lacks the skip line:\n%s", out)
 	}
 	if strings.Count(out, "TEST_DATABASE_URL") != 1 {
@@ -278,12 +351,61 @@ func TestSkipWithoutServer(t *testing.T) {
 		t.Errorf("detecting that there is no server took %s", d)
 	}
 
-	out, err = run(true)
-	var exitErr *exec.ExitError
-	if !errors.As(err, &exitErr) || exitErr.ExitCode() == 0 {
-		t.Fatalf("with %s=1 the helper should fail, got err=%v\n%s", pgtest.EnvRequired, err, out)
+	out, ok = runHelper(t, pgtest.EnvRequired+"=1")
+	if ok {
+		t.Fatalf("with %s=1 the helper should fail:\n%s", pgtest.EnvRequired, out)
 	}
-	if !strings.Contains(out, pgtest.SkipMessage) || !strings.Contains(out, "--- FAIL: TestHelperNoServer") {
-		t.Fatalf("output lacks the failure line:\n%s", out)
+	for _, want := range []string{pgtest.SkipMessage, "required by TEST_DATABASE_REQUIRED=1", "--- FAIL: TestHelper"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// Config.Required turns the skip into a failure as the variable does, and
+// TEST_DATABASE_REQUIRED=0 does not switch it off.
+func TestRequiredInCodeFailsWithoutServer(t *testing.T) {
+	out, ok := runHelper(t, helperRequiredEnv+"=1", pgtest.EnvRequired+"=0")
+	if ok {
+		t.Fatalf("with Config.Required the helper should fail:\n%s", out)
+	}
+	for _, want := range []string{pgtest.SkipMessage, "required by pgtest.Config.Required", "--- FAIL: TestHelper"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// Config.DatabaseURL is used when TEST_DATABASE_URL is not set, and
+// TEST_DATABASE_URL wins when both are.
+func TestDatabaseURLPrecedence(t *testing.T) {
+	// The server this binary uses, whichever way it came; the subprocesses
+	// get it as a DSN. Port 1 on loopback refuses at once.
+	good := pgtest.AdminPool(t).Config().ConnString()
+	const bad = "postgres://pgtest@127.0.0.1:1/none?sslmode=disable&connect_timeout=5"
+
+	for _, tc := range []struct {
+		name, code, env string
+		pass            bool
+		want            string
+	}{
+		{"code only", good, "", true, "pgtest: using pgtest.Config.DatabaseURL"},
+		{"environment wins over a broken code value", bad, good, true, "pgtest: using TEST_DATABASE_URL"},
+		{"environment wins even when broken", good, bad, false, "TEST_DATABASE_URL is set but unusable"},
+		{"a broken code value fails, it does not skip", bad, "", false, "pgtest.Config.DatabaseURL is set but unusable"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := []string{helperDSNEnv + "=" + tc.code}
+			if tc.env != "" {
+				env = append(env, pgtest.EnvDatabaseURL+"="+tc.env)
+			}
+			out, ok := runHelper(t, env...)
+			if ok != tc.pass || !strings.Contains(out, tc.want) {
+				t.Fatalf("passed = %v, want %v, with %q in the output:\n%s", ok, tc.pass, tc.want, out)
+			}
+			if tc.pass && !strings.Contains(out, "helper: on schema t_") {
+				t.Fatalf("the helper did not get a schema of its own:\n%s", out)
+			}
+		})
 	}
 }

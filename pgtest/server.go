@@ -26,17 +26,18 @@ import (
 	"github.com/testcontainers/testcontainers-go/wait"
 )
 
-// Environment variables read by pgtest.
+// Environment variables read by pgtest. The first four override the Config
+// field of the same meaning; see Config for the precedence.
 const (
-	EnvDatabaseURL = "TEST_DATABASE_URL"      // DSN of a server to use
-	EnvRequired    = "TEST_DATABASE_REQUIRED" // "1": no server is a failure, not a skip
-	EnvImage       = "TEST_POSTGRES_IMAGE"    // container image (default DefaultImage)
-	EnvNetwork     = "TEST_POSTGRES_NETWORK"  // "host": run the container on the host network
-	EnvReport      = "PGTEST_REPORT"          // file to append "dir<TAB>source" to
+	EnvDatabaseURL = "TEST_DATABASE_URL"      // DSN of a server to use (Config.DatabaseURL)
+	EnvRequired    = "TEST_DATABASE_REQUIRED" // "1": no server is a failure, not a skip (Config.Required)
+	EnvImage       = "TEST_POSTGRES_IMAGE"    // container image (Config.Image)
+	EnvNetwork     = "TEST_POSTGRES_NETWORK"  // "host" or "bridge" (Config.Network)
+	EnvReport      = "PGTEST_REPORT"          // file to append "<package dir>\t<server>" to
 )
 
-// DefaultImage is the image the testcontainers path runs unless
-// TEST_POSTGRES_IMAGE says otherwise.
+// DefaultImage is the image the container path runs when neither
+// Config.Image nor TEST_POSTGRES_IMAGE names one.
 const DefaultImage = "postgres:16-alpine"
 
 // ContainerLabel marks every container pgtest starts, so that a CI script can
@@ -50,10 +51,10 @@ const readyLine = "database system is ready to accept connections"
 const stopTimeout = 2 * time.Second
 
 // SkipMessage is the one line a test is skipped with when no server is
-// available.
+// available. When a server is required, the test fails with it instead.
 const SkipMessage = "pgtest: no PostgreSQL server: set TEST_DATABASE_URL " +
 	"(e.g. postgres://postgres@127.0.0.1:5432/test?sslmode=disable) or run a Docker engine " +
-	"for testcontainers; TEST_DATABASE_REQUIRED=1 makes this a failure"
+	"for testcontainers; TEST_DATABASE_REQUIRED=1 or pgtest.Config{Required: true} makes this a failure"
 
 type server struct {
 	dsn       string                          // base DSN, no schema isolation
@@ -62,22 +63,45 @@ type server struct {
 	terminate func(ctx context.Context) error // stops the container, if any
 	err       error                           // configured source is broken
 	skip      string                          // no source available: why (detail)
+	required  string                          // what makes skip a failure; empty: nothing
 }
 
 var (
 	mainCalled atomic.Bool
+	codeConfig atomic.Pointer[Config] // set by MainWithConfig
 	srvOnce    sync.Once
 	srv        atomic.Pointer[server]
 	logOnce    sync.Once
 	stopOnce   sync.Once
 )
 
-// Main runs the package's tests and then stops the PostgreSQL container the
-// testcontainers path may have started. Call it from TestMain in every
-// package that uses pgtest:
+// Main runs the package's tests and then stops the PostgreSQL container
+// pgtest may have started for them, and exits with the tests' status. Call
+// it, or MainWithConfig, from TestMain in every package that uses pgtest:
 //
 //	func TestMain(m *testing.M) { pgtest.Main(m) }
-func Main(m *testing.M) {
+//
+// Without it, pgtest still uses a server named by TEST_DATABASE_URL, but
+// refuses to start a container it could not stop.
+func Main(m *testing.M) { MainWithConfig(m, nil) }
+
+// MainWithConfig is Main with settings made in code; see Config for how
+// they combine with the environment. A nil cfg is Main. An invalid cfg
+// (an unknown Network) ends the binary with status 2 before any test runs.
+//
+//	func TestMain(m *testing.M) {
+//		pgtest.MainWithConfig(m, &pgtest.Config{Required: os.Getenv("CI") != ""})
+//	}
+func MainWithConfig(m *testing.M, cfg *Config) {
+	var c Config
+	if cfg != nil {
+		c = *cfg
+	}
+	if err := c.validate(); err != nil {
+		fmt.Fprintf(os.Stderr, "pgtest: %v\n", err)
+		os.Exit(2)
+	}
+	codeConfig.Store(&c)
 	mainCalled.Store(true)
 
 	// An interrupted test binary should not leave its container behind.
@@ -131,30 +155,13 @@ func shutdown(closeAdmin bool) error {
 	return err
 }
 
-func required() bool {
-	switch strings.ToLower(strings.TrimSpace(os.Getenv(EnvRequired))) {
-	case "1", "true", "yes", "on":
-		return true
-	}
-	return false
-}
-
 // getServer returns the binary's server, skipping or failing t when there is
 // none.
 func getServer(t testing.TB) *server {
 	t.Helper()
 	srvOnce.Do(func() { srv.Store(resolve()) })
 	s := srv.Load()
-	switch {
-	case s.err != nil:
-		t.Fatalf("pgtest: %v", s.err)
-	case s.skip != "":
-		if required() {
-			t.Logf("pgtest: %s", s.skip)
-			t.Fatalf("%s (%s=1)", SkipMessage, EnvRequired)
-		}
-		t.Skip(SkipMessage)
-	}
+	s.check(t)
 	first := false
 	logOnce.Do(func() { first = true })
 	if first {
@@ -162,6 +169,21 @@ func getServer(t testing.TB) *server {
 		report(s.source)
 	}
 	return s
+}
+
+// check fails t when the configured server is broken, and skips it, or
+// fails it when a server is required, when there is none.
+func (s *server) check(t testing.TB) {
+	t.Helper()
+	switch {
+	case s.err != nil:
+		t.Fatalf("pgtest: %v", s.err)
+	case s.skip != "" && s.required != "":
+		t.Logf("pgtest: %s", s.skip)
+		t.Fatalf("%s (required by %s)", SkipMessage, s.required)
+	case s.skip != "":
+		t.Skip(SkipMessage)
+	}
 }
 
 // report appends the source to the file PGTEST_REPORT names, if any.
@@ -180,13 +202,29 @@ func report(source string) {
 	fmt.Fprintf(f, "%s\t%s\n", dir, source)
 }
 
-// resolve picks the server for this binary: TEST_DATABASE_URL, else a
-// container on a reachable Docker engine, else none.
+// resolve picks the server for this binary from the code configuration and
+// the environment.
 func resolve() *server {
-	if dsn := os.Getenv(EnvDatabaseURL); dsn != "" {
-		s := &server{dsn: dsn, source: "TEST_DATABASE_URL (" + describeDSN(dsn) + ")"}
+	var c Config
+	if p := codeConfig.Load(); p != nil {
+		c = *p
+	}
+	st, err := resolveSettings(c, os.Getenv)
+	if err != nil {
+		return &server{err: err}
+	}
+	s := resolveServer(st)
+	s.required = st.required
+	return s
+}
+
+// resolveServer picks the server: the DSN, else a container on a reachable
+// Docker engine, else none.
+func resolveServer(st settings) *server {
+	if st.dsn != "" {
+		s := &server{dsn: st.dsn, source: st.dsnFrom + " (" + describeDSN(st.dsn) + ")"}
 		if err := s.connectAdmin(); err != nil {
-			return &server{err: fmt.Errorf("%s is set but unusable: %w", EnvDatabaseURL, err)}
+			return &server{err: fmt.Errorf("%s is set but unusable: %w", st.dsnFrom, err)}
 		}
 		return s
 	}
@@ -199,7 +237,7 @@ func resolve() *server {
 			"pgtest.Main, so a container could not be terminated: add `func TestMain(m *testing.M) { pgtest.Main(m) }`")}
 	}
 
-	s, err := startContainer()
+	s, err := startContainer(st.image, st.host)
 	if err != nil {
 		return &server{err: err}
 	}
@@ -289,36 +327,29 @@ func firstLine(s string) string {
 }
 
 // startContainer starts PostgreSQL through testcontainers.
-func startContainer() (*server, error) {
-	image := os.Getenv(EnvImage)
-	if image == "" {
-		image = DefaultImage
-	}
-	switch mode := os.Getenv(EnvNetwork); mode {
-	case "", "bridge", "default":
+func startContainer(image string, host bool) (*server, error) {
+	if !host {
 		return startBridged(image)
-	case "host":
-		if err := localImageOnly(image); err != nil {
-			return nil, err
-		}
-		var errs []error
-		// A free port can be taken by another test binary between our probe
-		// and PostgreSQL's bind; try a few ports.
-		for attempt := 0; attempt < 3; attempt++ {
-			s, err := startOnHost(image)
-			if err == nil {
-				return s, nil
-			}
-			errs = append(errs, err)
-		}
-		return nil, errors.Join(errs...)
-	default:
-		return nil, fmt.Errorf("%s=%q: want \"host\" or unset", EnvNetwork, mode)
 	}
+	if err := localImageOnly(image); err != nil {
+		return nil, err
+	}
+	var errs []error
+	// A free port can be taken by another test binary between our probe and
+	// PostgreSQL's bind; try a few ports.
+	for attempt := 0; attempt < 3; attempt++ {
+		s, err := startOnHost(image)
+		if err == nil {
+			return s, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
 }
 
 // localImageOnly refuses to let testcontainers pull an effectonce/... image:
-// those are built locally (scripts/build-pg-image.sh), never published.
+// those are built from a machine's own PostgreSQL (this repository's
+// scripts/build-pg-image.sh), never published.
 func localImageOnly(image string) error {
 	if !strings.HasPrefix(image, "effectonce/") {
 		return nil
@@ -331,7 +362,7 @@ func localImageOnly(image string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := provider.Client().ImageInspect(ctx, image); err != nil {
-		return fmt.Errorf("image %s is not present on the Docker engine (build it with scripts/build-pg-image.sh): %w", image, err)
+		return fmt.Errorf("image %s is not present on the Docker engine, and effectonce/ images are built locally, never published: %w", image, err)
 	}
 	return nil
 }
