@@ -409,3 +409,6 @@ func TestDatabaseURLPrecedence(t *testing.T) {
 		})
 	}
 }
+
+// The test shown in Example (example_test.go), run.
+func TestExampleWelcomeEmailOnce(t *testing.T) { testWelcomeEmailOnce(t) }
