@@ -58,3 +58,101 @@ func (e *IdentifierError) Error() string {
 
 // Unwrap returns ErrInvalidIdentifier.
 func (e *IdentifierError) Unwrap() error { return ErrInvalidIdentifier }
+
+// Errors about the database the guard is used on, from Audit and
+// CreateIndexConcurrently. They are returned after a catalog read, before
+// anything else is sent.
+var (
+	// ErrUnknownTable is wrapped by a *CatalogError for a guard whose table
+	// does not exist (or is not on the connection's search_path).
+	ErrUnknownTable = errors.New("pgguard: unknown table")
+
+	// ErrUnknownColumn is wrapped by a *CatalogError for a column named by
+	// a guard or by AuditOptions that the table does not have.
+	ErrUnknownColumn = errors.New("pgguard: unknown column")
+)
+
+// CatalogError reports a name the database does not have: the guard's table
+// (Column empty; matches ErrUnknownTable) or one of its columns (matches
+// ErrUnknownColumn).
+type CatalogError struct {
+	Table  string // the guard's table as given, "schema.table" when Guard.Schema is set
+	Column string // the missing column, as given; "" when the table is missing
+	Field  string // where the name came from, e.g. "Guard.Table", "Guard.Columns[1]" or "AuditOptions.OrderBy[0]"
+}
+
+func (e *CatalogError) Error() string {
+	if e.Column == "" {
+		return fmt.Sprintf("pgguard: table %q (%s) does not exist or is not on the search_path", e.Table, e.Field)
+	}
+	return fmt.Sprintf("pgguard: table %q has no column %q (%s)", e.Table, e.Column, e.Field)
+}
+
+// Unwrap returns ErrUnknownTable or ErrUnknownColumn.
+func (e *CatalogError) Unwrap() error {
+	if e.Column == "" {
+		return ErrUnknownTable
+	}
+	return ErrUnknownColumn
+}
+
+// ErrDuplicates is wrapped by every *DuplicatesError.
+var ErrDuplicates = errors.New("pgguard: active rows share a key")
+
+// DuplicatesError is returned by CreateIndexConcurrently when the guard's
+// unique index cannot be built because active rows share a key. No index of
+// that name is left behind. Groups is what Audit returns with default
+// options: repair them (keep Rows[0], revoke or delete the others) and call
+// again.
+type DuplicatesError struct {
+	Index  string // Guard.IndexName
+	Table  string // the guard's table as given, "schema.table" when Guard.Schema is set
+	Groups []DuplicateGroup
+}
+
+func (e *DuplicatesError) Error() string {
+	rows := 0
+	for _, g := range e.Groups {
+		rows += len(g.Rows)
+	}
+	msg := fmt.Sprintf("pgguard: cannot create unique index %q on %q: %d keys have more than one active row (%d rows)",
+		e.Index, e.Table, len(e.Groups), rows)
+	if len(e.Groups) > 0 {
+		msg += fmt.Sprintf(", the first key %v", e.Groups[0].Key)
+	}
+	return msg
+}
+
+// Unwrap returns ErrDuplicates.
+func (e *DuplicatesError) Unwrap() error { return ErrDuplicates }
+
+// ErrInTransaction is returned by CreateIndexConcurrently when given a
+// pgx.Tx, or a connection inside a transaction block: CREATE INDEX
+// CONCURRENTLY cannot run inside a transaction.
+var ErrInTransaction = errors.New("pgguard: CREATE INDEX CONCURRENTLY cannot run inside a transaction")
+
+// ErrIndexDefinition is wrapped by every *IndexDefinitionError.
+var ErrIndexDefinition = errors.New("pgguard: an index of that name exists with another definition")
+
+// IndexDefinitionError is returned by CreateIndexConcurrently when the
+// guard's index name is taken by a valid index whose definition is not the
+// guard's (other columns, another predicate, not unique, another table) or
+// by a relation that is not an index. Nothing is changed: drop or rename
+// that index, or fix the guard.
+type IndexDefinitionError struct {
+	Index string // Guard.IndexName
+	Have  string // what exists, as pg_get_indexdef shows it
+	Want  string // the statement the guard's index would be built with
+}
+
+func (e *IndexDefinitionError) Error() string {
+	return fmt.Sprintf("pgguard: index %q exists with another definition: have %s, want %s", e.Index, e.Have, e.Want)
+}
+
+// Unwrap returns ErrIndexDefinition.
+func (e *IndexDefinitionError) Unwrap() error { return ErrIndexDefinition }
+
+// ErrUnsupportedDB is returned by CreateIndexConcurrently for a database
+// handle that is neither a *pgxpool.Pool nor a single connection
+// (*pgxpool.Conn, *pgx.Conn): its statements must share one session.
+var ErrUnsupportedDB = errors.New("pgguard: CreateIndexConcurrently needs a *pgxpool.Pool, *pgxpool.Conn or *pgx.Conn")
