@@ -3,6 +3,7 @@ package pgguard_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -133,7 +134,11 @@ func TestClaimCancelledWhileBlocked(t *testing.T) {
 		t.Parallel()
 		b := setup(t, &setupOpts{configure: func(c *pgxpool.Config) {
 			c.ConnConfig.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
-				return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: 5 * time.Second}
+				// The server's cancel, not a timer, must end the claim:
+				// past DeadlineDelay pgx closes the connection instead
+				// and the orphaned claim may still be written, so give
+				// a loaded machine all the time it needs.
+				return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: time.Minute}
 			}
 		}})
 		cancelWhileBlocked(t, b)
@@ -144,16 +149,34 @@ func TestClaimCancelledWhileBlocked(t *testing.T) {
 	})
 }
 
+// timedStore returns b's store on a connection of its own whose
+// statement_timeout is d, for the one statement under test. A pool-wide
+// timeout would also cancel Migrate and the test's own statements when a
+// loaded machine makes them slow; the statement under test waits for
+// another transaction that outlives it, so only the timeout can end it,
+// however slow the machine. The connection is closed when t ends.
+func timedStore(t *testing.T, b *bundle, d time.Duration) *pgguard.Store {
+	t.Helper()
+	conn, err := b.pool.Acquire(b.ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Hijack().Close(context.Background()) })
+	_, err = conn.Exec(b.ctx, fmt.Sprintf("SET statement_timeout = %d", d.Milliseconds()))
+	require.NoError(t, err)
+	s, err := b.store.WithDB(conn)
+	require.NoError(t, err)
+	return s
+}
+
 func TestClaimStatementTimeout(t *testing.T) {
 	t.Parallel()
-	b := setup(t, &setupOpts{configure: func(c *pgxpool.Config) {
-		c.ConnConfig.RuntimeParams["statement_timeout"] = "300"
-	}})
+	b := setup(t, nil)
 	end := blockKey(t, b, "k")
+	const timeout = 300 * time.Millisecond
+	timed := timedStore(t, b, timeout)
 	start := time.Now()
-	_, err := b.store.Claim(b.ctx, claimReq("k"))
+	_, err := timed.Claim(b.ctx, claimReq("k"))
 	requirePgCode(t, err, pgerrcode.QueryCanceled)
-	require.Less(t, time.Since(start), 5*time.Second)
+	require.GreaterOrEqual(t, time.Since(start), timeout, "the claim waited for the blocker until its timeout")
 	end(true)
 	require.Equal(t, 1, ledgerRows(t, b), "only the blocker's claim exists")
 	requireLedgerSane(t, b)
@@ -235,10 +258,16 @@ func TestCompleteConnectionTerminatedInHook(t *testing.T) {
 
 func TestCompleteStatementTimeoutInHook(t *testing.T) {
 	t.Parallel()
-	b := setup(t, &setupOpts{configure: func(c *pgxpool.Config) {
-		c.ConnConfig.RuntimeParams["statement_timeout"] = "200"
-	}})
+	b := setup(t, nil)
 	completeFault(t, b, func(ctx context.Context, tx pgx.Tx) error {
+		// The timeout covers the hook's statement only (SET LOCAL ends
+		// with the completion's transaction), not Migrate or the claim,
+		// which a loaded machine may slow past 200 ms. pg_sleep looks
+		// for a cancel before it looks at the clock, so the timeout
+		// wins however late the backend gets to run.
+		if _, err := tx.Exec(ctx, "SET LOCAL statement_timeout = 200"); err != nil {
+			return err
+		}
 		_, err := tx.Exec(ctx, "SELECT pg_sleep(2)")
 		requirePgCode(t, err, pgerrcode.QueryCanceled)
 		return err
@@ -266,9 +295,7 @@ func TestCompleteContextCancelledInHook(t *testing.T) {
 
 func TestCompleteBlockedByLockTimesOut(t *testing.T) {
 	t.Parallel()
-	b := setup(t, &setupOpts{configure: func(c *pgxpool.Config) {
-		c.ConnConfig.RuntimeParams["statement_timeout"] = "300"
-	}})
+	b := setup(t, nil)
 	c, err := b.store.Claim(b.ctx, claimReq("k"))
 	require.NoError(t, err)
 	// An operator's transaction holds the row.
@@ -277,7 +304,7 @@ func TestCompleteBlockedByLockTimesOut(t *testing.T) {
 	defer func() { _ = tx.Rollback(b.ctx) }()
 	_, err = tx.Exec(b.ctx, "SELECT 1 FROM effect_ledger WHERE key = 'k' FOR UPDATE")
 	require.NoError(t, err)
-	_, err = b.store.Complete(b.ctx, idempotency.CompleteRequest{Key: "k", Token: c.Record.Token, Status: idempotency.StatusApplied, Result: []byte("1")})
+	_, err = timedStore(t, b, 300*time.Millisecond).Complete(b.ctx, idempotency.CompleteRequest{Key: "k", Token: c.Record.Token, Status: idempotency.StatusApplied, Result: []byte("1")})
 	requirePgCode(t, err, pgerrcode.QueryCanceled)
 	require.NoError(t, tx.Rollback(b.ctx))
 	// Nothing was lost: the worker can still complete under its token.
