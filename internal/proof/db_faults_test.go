@@ -25,13 +25,30 @@ import (
 // mid-sweep, statements timing out behind another transaction's lock during
 // the claim and during the completion.
 
-// statementTimeout is the worker pool's statement_timeout in the timeout
-// tests: long enough that no ordinary statement reaches it on a loaded CI
-// machine, short enough to keep the tests fast.
+// statementTimeout is the statement_timeout of the one statement under test
+// in the timeout tests. That statement waits behind another transaction's
+// lock, which outlives it, so only the timeout can end it; no other
+// statement runs under it (a pool-wide timeout once cancelled Migrate on a
+// loaded CI machine).
 const statementTimeout = 400 * time.Millisecond
 
-func withStatementTimeout(c *pgxpool.Config) {
-	c.ConnConfig.RuntimeParams["statement_timeout"] = fmt.Sprint(statementTimeout.Milliseconds())
+// timedExec returns an executor over the rig's ledger on a connection of
+// its own, and arm, which sets statementTimeout on that connection. Arm it
+// just before the statement under test: what ran before on the connection
+// ran without a timeout. The connection is closed when the test ends.
+func (r *rig) timedExec() (x *idempotency.Executor, arm func()) {
+	r.t.Helper()
+	conn, err := r.pool.Acquire(r.ctx)
+	require.NoError(r.t, err)
+	r.t.Cleanup(func() { _ = conn.Hijack().Close(context.Background()) })
+	s, err := r.store.WithDB(conn)
+	require.NoError(r.t, err)
+	x, err = idempotency.NewExecutor(s, nil)
+	require.NoError(r.t, err)
+	return x, func() {
+		_, err := conn.Exec(r.ctx, fmt.Sprintf("SET statement_timeout = %d", statementTimeout.Milliseconds()))
+		require.NoError(r.t, err)
+	}
 }
 
 // requireAllApplied reads the whole ledger back: exactly n rows, all
@@ -67,6 +84,12 @@ func TestDBConnectionTerminatedMidSweep(t *testing.T) {
 	r := newRig(t, func(c *pgxpool.Config) {
 		c.ConnConfig.RuntimeParams["application_name"] = app
 		c.MaxConns = 8
+		// pgxpool pings a connection idle for over a second before
+		// handing it out and quietly replaces a killed one. Whether a
+		// killed connection idles that long depends on the machine's
+		// speed, so never ping: each killed connection fails the one
+		// statement that meets it, and the kill always hits a run.
+		c.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
 	})
 	admin := pgtest.AdminPool(t)
 
@@ -98,8 +121,9 @@ func TestDBConnectionTerminatedMidSweep(t *testing.T) {
 	first := rep.String()
 
 	// The next tick comes minutes later, by when pgxpool has replaced the
-	// killed connections (it pings those idle over a second before use);
-	// Reset stands for that wait, so no rerun trips on a dead connection.
+	// killed connections (it pings those idle over a second before use,
+	// which this pool does not); Reset stands for that wait, so no rerun
+	// trips on a dead connection.
 	r.pool.Reset()
 
 	// Reruns (the next ticks), each with the ledger clock past the lease.
@@ -124,8 +148,8 @@ func TestDBConnectionTerminatedMidSweep(t *testing.T) {
 }
 
 // lockRow holds key's ledger row with SELECT ... FOR UPDATE in a
-// transaction of its own (another pool, no statement timeout) until the
-// returned function is called.
+// transaction of its own (another pool) until the returned function is
+// called.
 func lockRow(t *testing.T, ctx context.Context, pool *pgxpool.Pool, key string) (unlock func()) {
 	t.Helper()
 	tx, err := pool.Begin(ctx)
@@ -138,7 +162,7 @@ func lockRow(t *testing.T, ctx context.Context, pool *pgxpool.Pool, key string) 
 	return unlock
 }
 
-// TestDBStatementTimeoutDuringClaim: the worker pool has statement_timeout
+// TestDBStatementTimeoutDuringClaim: the claim runs with statement_timeout
 // 400ms; another transaction holds the ledger so that the claim waits and
 // is cancelled by the server (SQLSTATE 57014). Nothing is called at
 // Stripe, nothing is half-written; after the lock is gone the next run
@@ -151,7 +175,7 @@ func TestDBStatementTimeoutDuringClaim(t *testing.T) {
 	// transaction holds.
 	t.Run("takeover_blocked_by_row_lock", func(t *testing.T) {
 		t.Parallel()
-		r := newRig(t, withStatementTimeout)
+		r := newRig(t, nil)
 		locker := poolWith(t, r.dsn, nil)
 		in := intent{ID: "iclaimrow", Customer: "cus_claimrow"}
 		key := keyOf(in.ID)
@@ -165,8 +189,10 @@ func TestDBStatementTimeoutDuringClaim(t *testing.T) {
 		r.clock.Advance(10 * time.Minute)
 
 		unlock := lockRow(t, r.ctx, locker, key)
+		timed, arm := r.timedExec()
+		arm()
 		start := time.Now()
-		res, err := r.run(eff, in)
+		res, err := idempotency.Run(r.ctx, timed, eff, in)
 		requirePgCode(t, err, pgerrcode.QueryCanceled)
 		require.GreaterOrEqual(t, time.Since(start), statementTimeout)
 		require.Equal(t, idempotency.OutcomeError, res.Outcome)
@@ -189,7 +215,7 @@ func TestDBStatementTimeoutDuringClaim(t *testing.T) {
 	// lets the claim's read through and blocks its insert).
 	t.Run("first_claim_blocked_by_table_lock", func(t *testing.T) {
 		t.Parallel()
-		r := newRig(t, withStatementTimeout)
+		r := newRig(t, nil)
 		locker := poolWith(t, r.dsn, nil)
 		in := intent{ID: "iclaimtbl", Customer: "cus_claimtbl"}
 		key := keyOf(in.ID)
@@ -200,7 +226,9 @@ func TestDBStatementTimeoutDuringClaim(t *testing.T) {
 		defer func() { _ = tx.Rollback(r.ctx) }()
 		_, err = tx.Exec(r.ctx, `LOCK TABLE `+pgguard.DefaultTable+` IN EXCLUSIVE MODE`)
 		require.NoError(t, err)
-		res, err := r.run(eff, in)
+		timed, arm := r.timedExec()
+		arm()
+		res, err := idempotency.Run(r.ctx, timed, eff, in)
 		requirePgCode(t, err, pgerrcode.QueryCanceled)
 		require.Equal(t, idempotency.OutcomeError, res.Outcome)
 		require.Zero(t, res.Calls)
@@ -223,7 +251,7 @@ func TestDBStatementTimeoutDuringClaim(t *testing.T) {
 // the lease takes over, Stripe replays, and the row is applied. One code.
 func TestDBStatementTimeoutDuringCompletion(t *testing.T) {
 	t.Parallel()
-	r := newRig(t, withStatementTimeout)
+	r := newRig(t, nil)
 	locker := poolWith(t, r.dsn, nil)
 	in := intent{ID: "icomplete", Customer: "cus_complete"}
 	key := keyOf(in.ID)
@@ -231,13 +259,15 @@ func TestDBStatementTimeoutDuringCompletion(t *testing.T) {
 	eff := r.effect(attempts(1), 0)
 	call := eff.Call
 	var unlock func()
+	timed, arm := r.timedExec()
 	eff.Call = func(ctx context.Context, k idempotency.Key, in intent) (promoResult, error) {
 		out, err := call(ctx, k, in)
 		unlock = lockRow(t, r.ctx, locker, k.String()) // between the answer and the record
+		arm()                                          // for the completion only, not the claim
 		return out, err
 	}
 	start := time.Now()
-	res, err := r.run(eff, in)
+	res, err := idempotency.Run(r.ctx, timed, eff, in)
 	requirePgCode(t, err, pgerrcode.QueryCanceled)
 	require.GreaterOrEqual(t, time.Since(start), statementTimeout)
 	require.Equal(t, idempotency.OutcomeError, res.Outcome)

@@ -69,7 +69,7 @@ type rig struct {
 }
 
 // newRig builds a rig. configure, if not nil, changes the worker pool's
-// configuration (statement_timeout, application_name, ...).
+// configuration (application_name, MaxConns, ...).
 func newRig(t *testing.T, configure func(*pgxpool.Config)) *rig {
 	t.Helper()
 	r := &rig{t: t, ctx: context.Background(), dsn: pgtest.ConnString(t), clock: newFakeClock(), fake: newFake(t)}
