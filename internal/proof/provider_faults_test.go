@@ -1,6 +1,7 @@
 package proof
 
 import (
+	"context"
 	"sync"
 	"testing"
 	"time"
@@ -31,20 +32,25 @@ func TestProvider409InFlightTakeover(t *testing.T) {
 	release := make(chan struct{})
 	r.fake.InjectFault(stripefake.Fault{Kind: stripefake.FaultDelayAfterWrite, Path: promoPath, Key: key, Release: release})
 	// When B's request gets its 409, let A's held response go, and wait
-	// until Stripe has finished A's request, so that B's next attempt can
-	// only be a replay.
-	var once sync.Once
+	// until Stripe has finished A's request (its record, the only one that
+	// executed, is reported after its key left flight), so that B's next
+	// attempt can only be a replay, however slow the machine.
+	aFinished := make(chan struct{})
+	var finishOnce, conflictOnce sync.Once
 	r.fake.OnRequest(func(rec stripefake.RequestRecord) {
-		if rec.Status != 409 {
-			return
+		switch {
+		case rec.Executed:
+			finishOnce.Do(func() { close(aFinished) })
+		case rec.Status == 409:
+			conflictOnce.Do(func() {
+				close(release)
+				select {
+				case <-aFinished:
+				case <-time.After(time.Minute): // only if the fake is broken
+					t.Errorf("A's request did not finish after its release")
+				}
+			})
 		}
-		once.Do(func() {
-			close(release)
-			deadline := time.Now().Add(10 * time.Second)
-			for r.fake.InFlight() != 0 && time.Now().Before(deadline) {
-				time.Sleep(time.Millisecond)
-			}
-		})
 	})
 
 	effA := r.effect(attempts(1), 0)
@@ -274,13 +280,43 @@ func TestProviderDelayPastClientTimeout(t *testing.T) {
 	release := make(chan struct{})
 	r.fake.InjectFault(stripefake.Fault{Kind: stripefake.FaultDelayAfterWrite, Path: promoPath, Key: key, Release: release})
 
-	const timeout = 750 * time.Millisecond
-	impatient := r.effect(attempts(1), timeout)
-	start := time.Now()
-	res, err := r.run(impatient, in)
+	// The client's deadline passes once Stripe has executed the request
+	// and holds the response: an event, not a wall-clock timeout, which a
+	// loaded machine could overrun before Stripe even executed. The
+	// request's context ends as a deadline does (context.DeadlineExceeded).
+	deadline := make(chan struct{})
+	impatient := r.effect(attempts(1), 0)
+	call := impatient.Call
+	impatient.Call = func(ctx context.Context, k idempotency.Key, in intent) (promoResult, error) {
+		ctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		go func() {
+			select {
+			case <-deadline:
+				cancel(context.DeadlineExceeded)
+			case <-ctx.Done():
+			}
+		}()
+		return call(ctx, k, in)
+	}
+	type outcome struct {
+		res idempotency.Result[promoResult]
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := r.run(impatient, in)
+		done <- outcome{res, err}
+	}()
+	require.Eventually(t, func() bool {
+		return r.fake.InFlight() == 1 && r.fake.Created(stripefake.KindPromotionCode) == 1
+	}, 10*time.Second, time.Millisecond, "the request never reached Stripe")
+	close(deadline)
+	o := <-done
+	res, err := o.res, o.err
 	require.ErrorIs(t, err, idempotency.ErrRetryable)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the client gave up, Stripe did not answer")
 	require.Equal(t, idempotency.OutcomeRetryable, res.Outcome)
-	require.GreaterOrEqual(t, time.Since(start), timeout)
 	require.Equal(t, 1, r.fake.Created(stripefake.KindPromotionCode), "the code exists although the client gave up")
 	require.Equal(t, 1, r.fake.InFlight(), "Stripe still holds the request")
 	lr := r.row(key)
@@ -303,7 +339,7 @@ func TestProviderDelayPastClientTimeout(t *testing.T) {
 	require.Equal(t, []string{"200 executed", "409 idempotency_key_in_use", "200 replayed"}, requestSummary(r.fake, key))
 	posts := requireOnePerKey(t, r.fake, key)
 	require.Equal(t, 3, r.requireApplied(key).Attempts)
-	t.Logf("delay past a %v client timeout: 1 object, %d POSTs %v", timeout, posts, requestSummary(r.fake, key))
+	t.Logf("delay past the client's deadline: 1 object, %d POSTs %v", posts, requestSummary(r.fake, key))
 }
 
 // TestProviderResponseLost: Stripe creates the code and saves the response,
