@@ -157,12 +157,18 @@ func TestRunFailuresAreNotFatal(t *testing.T) {
 	require.Equal(t, 5, rep.ProviderCalls)
 }
 
+// limiterDeadline is the sweeps' deadline in the limiter tests: far beyond
+// any work a loaded machine must do before it, and short of the hour the
+// limiters below take to grant a token past their burst, so that a wait for
+// such a token is refused at once.
+const limiterDeadline = 30 * time.Minute
+
 // The limiter grants a burst of 5 and then one call an hour: within the
 // context's deadline, exactly 5 calls can happen, whatever the machine's
 // speed, and the sweep stops instead of churning through claims.
 func TestRunLimiterCapsProviderCalls(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), limiterDeadline)
 	defer cancel()
 	store := memStore()
 	p := newProvider()
@@ -170,9 +176,8 @@ func TestRunLimiterCapsProviderCalls(t *testing.T) {
 	items := promos(0, 200)
 	lim := rate.NewLimiter(rate.Every(time.Hour), 5)
 
-	start := time.Now()
 	rep, err := sweep.Run(ctx, newExecutor(t, store), eff, sweep.Slice(items), &sweep.Config{BatchSize: 50, Concurrency: 4, Limiter: lim})
-	elapsed := time.Since(start)
+	require.NoError(t, ctx.Err(), "a refused wait fails at once, it does not sleep to the deadline")
 	require.ErrorIs(t, err, context.DeadlineExceeded, "the limiter cannot serve before the deadline")
 	require.Contains(t, err.Error(), "rate limiter")
 	requireAccounted(t, rep)
@@ -182,7 +187,6 @@ func TestRunLimiterCapsProviderCalls(t *testing.T) {
 	require.Equal(t, 5, rep.ProviderCalls)
 	require.Equal(t, 5, rep.Outcomes[idempotency.OutcomeApplied])
 	require.Positive(t, rep.Unstarted)
-	require.Less(t, elapsed, 5*time.Second, "a refused wait fails at once, it does not sleep to the deadline")
 	requireAppliedOrReleased(t, store, eff, items)
 }
 
@@ -190,7 +194,7 @@ func TestRunLimiterCapsProviderCalls(t *testing.T) {
 // and 5 new ones need 5 tokens, which the burst holds.
 func TestRunLimiterSpendsTokensOnProviderCallsOnly(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), limiterDeadline)
 	defer cancel()
 	store := memStore()
 	items := promos(0, 105)
