@@ -577,15 +577,33 @@ func TestKeysAreScopedPerAPIKey(t *testing.T) {
 	require.Equal(t, 2, srv.Created(stripefake.KindPromotionCode))
 }
 
+// newAfterEvent sends a promotion code request whose context ends, as a
+// client timeout does (context.DeadlineExceeded), once ready reports true:
+// the test chooses what the server has done when the client gives up,
+// rather than a wall-clock timeout that a loaded machine could overrun
+// before the request even arrived. It returns the request's error.
+func newAfterEvent(t *testing.T, sc *client.API, key string, ready func() bool) error {
+	t.Helper()
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	p := promoParams(key)
+	p.Context = ctx
+	done := make(chan error, 1)
+	go func() {
+		_, err := sc.PromotionCodes.New(p)
+		done <- err
+	}()
+	require.Eventually(t, ready, 10*time.Second, time.Millisecond, "the request never got where the client gives up")
+	cancel(context.DeadlineExceeded)
+	return <-done
+}
+
 func TestDelayCanceledByClientExecutesNothing(t *testing.T) {
 	srv, sc := newServer(t)
-	srv.InjectFault(stripefake.Fault{Kind: stripefake.FaultDelay, Delay: 10 * time.Second})
+	// Held until the client goes away: no timer can end the wait first.
+	srv.InjectFault(stripefake.Fault{Kind: stripefake.FaultDelay, Release: make(chan struct{})})
 
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	p := promoParams("k1")
-	p.Context = ctx
-	_, err := sc.PromotionCodes.New(p)
+	err := newAfterEvent(t, sc, "k1", func() bool { return srv.InFlight() == 1 })
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.Eventually(t, func() bool { return len(srv.Requests("k1")) == 1 }, 5*time.Second, time.Millisecond)
 	require.Equal(t, 0, srv.CreatedObjects())
@@ -601,11 +619,8 @@ func TestDelayAfterWriteClientTimesOutButObjectExists(t *testing.T) {
 	release := make(chan struct{})
 	srv.InjectFault(stripefake.Fault{Kind: stripefake.FaultDelayAfterWrite, Release: release})
 
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	p := promoParams("k1")
-	p.Context = ctx
-	_, err := sc.PromotionCodes.New(p)
+	// The client gives up once the object exists and the response is held.
+	err := newAfterEvent(t, sc, "k1", func() bool { return srv.CreatedObjects() == 1 })
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.Equal(t, 1, srv.CreatedObjects())
 
