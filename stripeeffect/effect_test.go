@@ -203,11 +203,26 @@ func TestPromotionCodeEffect(t *testing.T) {
 		// is sending the same request under the same key, and Stripe is
 		// slow to answer it.
 		release := make(chan struct{})
-		var once sync.Once
+		// At the first 409, let the other request go and wait until it
+		// has finished (its record, the only one that executed, comes
+		// after its key left flight): the run's next attempt then gets
+		// the replay, whatever its backoff and however slow the machine.
+		otherFinished := make(chan struct{})
+		var finishOnce, conflictOnce sync.Once
 		b.fake.InjectFault(stripefake.Fault{Kind: stripefake.FaultDelay, Key: b.key.String(), Release: release})
 		b.fake.OnRequest(func(r stripefake.RequestRecord) {
-			if r.Status == http.StatusConflict {
-				once.Do(func() { close(release) })
+			switch {
+			case r.Executed:
+				finishOnce.Do(func() { close(otherFinished) })
+			case r.Status == http.StatusConflict:
+				conflictOnce.Do(func() {
+					close(release)
+					select {
+					case <-otherFinished:
+					case <-time.After(time.Minute): // only if the fake is broken
+						t.Errorf("the other request did not finish after its release")
+					}
+				})
 			}
 		})
 		otherDone := make(chan error, 1)
