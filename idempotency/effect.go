@@ -8,31 +8,44 @@ import (
 	"time"
 )
 
-// ExpiredPolicy says what to do with a pending claim whose lease expired:
-// the worker that held it died somewhere between the claim and the record,
-// so nobody knows whether the provider acted.
+// ExpiredPolicy says what the provider does with a repeated key, and so
+// what may be done with a record whose provider call may have acted: a
+// claim whose holder died after calling, or an attempt whose outcome is
+// unknown (a timeout, a 5xx).
 type ExpiredPolicy uint8
 
 const (
-	// ExpiredPark (the zero value) leaves the record for an operator and
-	// reports ErrNeedsReconciliation. Right for providers that do not
-	// deduplicate (a postback that timed out, a bank transfer).
+	// ExpiredPark (the zero value): the provider is not known to
+	// deduplicate, so a record whose call may have acted is never retried
+	// under its key. It is in doubt: a run of an effect with Find asks the
+	// provider and settles it; otherwise an operator does.
 	ExpiredPark ExpiredPolicy = iota
-	// ExpiredRetry takes the claim over with a new fencing token and calls
-	// the provider again under the same key, relying on the provider to
-	// replay the first result (Stripe does within 24 hours; set
-	// Effect.DedupWindow). Right also where the call is known to be safe
-	// to repeat.
+	// ExpiredRetry: the provider deduplicates by key and replays its first
+	// answer (Stripe does for 24 hours; set Effect.DedupWindow). A record
+	// whose call may have acted is retried under the same key, in-run and
+	// by later runs, while a whole run fits in the window; past it the
+	// record is in doubt, as with ExpiredPark.
 	ExpiredRetry
-	// ExpiredRetryUncalled takes an expired claim over only if its worker
-	// died before calling the provider, and parks it otherwise. The
-	// executor records the start of each call (one more statement per
-	// first-time run), so a provider that does not deduplicate (a postback
-	// receiver, a payout) is never called twice for one intent by a
-	// takeover, yet a worker that died right after claiming does not need
-	// an operator.
+	// ExpiredRetryUncalled: the provider does not deduplicate (a postback
+	// receiver, a payout), but the executor records the start of each call
+	// (one more statement per first-time run), so a claim whose worker died
+	// before calling is taken over, and one whose call had started is in
+	// doubt. An error that does not say the provider did not act
+	// (ClassNotActed) is never retried.
 	ExpiredRetryUncalled
 )
+
+func (p ExpiredPolicy) String() string {
+	switch p {
+	case ExpiredPark:
+		return "park"
+	case ExpiredRetry:
+		return "retry"
+	case ExpiredRetryUncalled:
+		return "retry_uncalled"
+	}
+	return fmt.Sprintf("ExpiredPolicy(%d)", uint8(p))
+}
 
 // Effect describes one kind of external side effect, such as "create the
 // anniversary promotion code" or "refund this refund request".
@@ -55,41 +68,59 @@ type Effect[In, Out any] struct {
 	// provider, when a key is reused with another payload.
 	Fingerprint func(in In) ([]byte, error)
 
-	// Call performs the external write. It receives the key and must send
-	// it as the provider's idempotency key. Classify its errors with
-	// Retryable, Permanent, Mismatch or Reconcile; unclassified errors are
-	// treated as retryable. Return an error wrapping ErrSkip to record that
-	// there was nothing to do.
+	// Call performs the external write. It receives the provider key and
+	// must send it as the provider's idempotency key (key.Base() is the
+	// business key, for metadata a Find can match). Classify its errors
+	// with NotActed, Unknown, Permanent, Mismatch or Reconcile: an
+	// unclassified error means the provider may have acted. Return an error
+	// wrapping ErrSkip to record that there was nothing to do. Report what
+	// the provider answered (status, request id, replay) with Observe.
 	Call func(ctx context.Context, key Key, in In) (Out, error)
 
+	// Find, when set, asks the provider whether the effect of key exists
+	// and what it is: (result, true, nil) when found, (zero, false, nil)
+	// when the provider has nothing for the key, an error when it cannot
+	// tell. key is the business key (Key.Base). It must see every object
+	// any generation of the effect created (match the business key in the
+	// object's metadata, say), and read what was just written (never a
+	// search index that lags). With Find, a record in doubt settles itself:
+	// found, it is recorded without a call; not found, it is sent again
+	// under a new provider-key generation. Find runs only under a claim,
+	// after the last attempt's lease has ended.
+	Find func(ctx context.Context, key Key, in In) (Out, bool, error)
+
 	// OnComplete, when set, records the caller's domain row in the same
-	// transaction that marks the effect applied (tx is a pgx.Tx with
-	// pgguard's store, nil with the in-memory store). If it fails, nothing
-	// is marked and the claim is left to expire.
-	OnComplete func(ctx context.Context, tx any, in In, out Out) error
+	// transaction that marks the effect applied (for pgguard's store, get
+	// it with pgguard.TxFrom, or write the hook with pgguard.OnComplete).
+	// If it fails, nothing is marked and the claim is left to expire.
+	OnComplete func(ctx context.Context, in In, out Out) error
 
 	// OnFail, when set, records the caller's domain row for a refused
 	// effect (a permanent provider error, or the provider's own payload
 	// mismatch) in the same transaction that marks the record failed. If
 	// it fails, nothing is marked and the claim is left to expire.
-	OnFail func(ctx context.Context, tx any, in In, cause error) error
+	OnFail func(ctx context.Context, in In, cause error) error
 
 	// Codec encodes results for the ledger. Nil means JSON.
 	Codec Codec[Out]
 
 	// Lease is how long a claim is held before others consider it
 	// abandoned. Zero means Config.Lease. Choose it well above the
-	// provider call's timeout including retries.
+	// provider call's timeout times the in-run attempts, and below
+	// DedupWindow.
 	Lease time.Duration
 
-	// Expired is the policy for claims whose lease expired. The zero value
-	// parks them for reconciliation.
+	// Expired says whether the provider deduplicates by key, and so what
+	// happens to a record whose provider call may have acted. The zero
+	// value (ExpiredPark) never retries such a record under its key.
 	Expired ExpiredPolicy
 
 	// DedupWindow is how long the provider remembers a key (Stripe: 24h).
-	// With ExpiredRetry, a pending record first claimed longer ago than
-	// this is not taken over but reported as needing reconciliation. Zero
-	// means the provider's memory is not limited (or the call is safe).
+	// The claim that starts a provider key stores the deadline; no call,
+	// first or in-run retry, starts after it, and a record whose call may
+	// have acted is retried under the same key only while a whole run
+	// (the lease) fits before it. Zero means the provider's memory is not
+	// limited.
 	DedupWindow time.Duration
 
 	// Retry overrides Config.Retry for this effect.
@@ -110,6 +141,10 @@ func (e *Effect[In, Out]) Validate() error {
 		return fmt.Errorf("%w: effect %s has no Call function", ErrInvalidEffect, e.Name)
 	case e.Lease < 0 || e.DedupWindow < 0:
 		return fmt.Errorf("%w: effect %s has a negative duration", ErrInvalidEffect, e.Name)
+	case e.Expired > ExpiredRetryUncalled:
+		return fmt.Errorf("%w: effect %s has an unknown ExpiredPolicy %d", ErrInvalidEffect, e.Name, e.Expired)
+	case e.DedupWindow > 0 && e.Lease >= e.DedupWindow:
+		return fmt.Errorf("%w: effect %s: Lease %v does not fit in DedupWindow %v", ErrInvalidEffect, e.Name, e.Lease, e.DedupWindow)
 	}
 	return nil
 }
@@ -154,17 +189,18 @@ func (e *Effect[In, Out]) Identity(in In) (Key, []byte, error) {
 	}
 	key, err := e.Key(in)
 	if err != nil {
-		return Key{}, nil, fmt.Errorf("idempotency: %s: key: %w", e.Name, err)
+		return Key{}, nil, fmt.Errorf("%s: key: %w", e.Name, err)
 	}
 	if key.IsZero() {
-		return Key{}, nil, fmt.Errorf("idempotency: %s: %w", e.Name, &KeyError{Reason: "Key returned the zero Key", Err: ErrEmptyNamespace})
+		return Key{}, nil, fmt.Errorf("%s: %w", e.Name, &KeyError{Reason: "Key returned the zero Key", Err: ErrEmptyNamespace})
 	}
+	key = key.Base()
 	if e.Fingerprint == nil {
 		return key, nil, nil
 	}
 	raw, err := e.Fingerprint(in)
 	if err != nil {
-		return Key{}, nil, fmt.Errorf("%w: %s: fingerprint: %v", ErrInvalidEffect, e.Name, err)
+		return Key{}, nil, fmt.Errorf("%w: %s: fingerprint: %w", ErrInvalidEffect, e.Name, err)
 	}
 	return key, hashFingerprint(raw), nil
 }

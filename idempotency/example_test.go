@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/effectonce/effectonce/idempotency"
 )
@@ -85,7 +86,38 @@ func ExampleRun_mismatch() {
 
 	var mismatch *idempotency.MismatchError
 	if errors.As(err, &mismatch) {
-		fmt.Println("refused; stored:", mismatch.Stored.Status, string(mismatch.Stored.Result))
+		fmt.Println("refused; stored:", mismatch.Stored.State, string(mismatch.Stored.Result))
 	}
 	// Output: refused; stored: applied 500
+}
+
+func ExampleResult_Disposition() {
+	ctx := context.Background()
+	exec, _ := idempotency.NewExecutor(idempotency.NewMemStore(nil), nil)
+	keys := idempotency.KeySpace{Namespace: "mail.welcome"}
+	welcome := &idempotency.Effect[string, string]{
+		Name: "mail.welcome",
+		Key:  func(userID string) (idempotency.Key, error) { return keys.Key(idempotency.Str("user", userID)) },
+		Call: func(ctx context.Context, key idempotency.Key, userID string) (string, error) {
+			return "", idempotency.NotActed(errors.New("429 Too Many Requests"), 30*time.Second)
+		},
+	}
+	// A queue consumer: ack, retry later, or dead-letter, from the outcome
+	// alone (never from err == nil: in flight elsewhere has a nil error
+	// and must be redelivered).
+	res, _ := idempotency.Run(ctx, exec, welcome, "u_42")
+	d := res.Disposition()
+	fmt.Println(res.Outcome, d.Action, d.Delay)
+	// Output: retryable retry 30s
+}
+
+func ExampleKey_UUID() {
+	// For providers that take the idempotency key only as a UUID.
+	payouts := idempotency.KeySpace{Namespace: "payouts.transfer"}
+	key := payouts.MustKey(idempotency.Str("payout", "po_123"))
+	fmt.Println(key.UUID())
+	fmt.Println(key.UUID() == payouts.MustKey(idempotency.Str("payout", "po_123")).UUID())
+	// Output:
+	// 1051d040-d493-5107-a258-4cc9bdf5ff16
+	// true
 }

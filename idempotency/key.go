@@ -2,6 +2,7 @@ package idempotency
 
 import (
 	"crypto/hmac"
+	"crypto/sha1" // #nosec G505 -- RFC 9562 name-based UUIDs are defined on SHA-1
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -71,10 +72,88 @@ type Key struct {
 	value     string
 	namespace string
 	hashed    bool
+	// base is the generation-1 key when gen > 1.
+	base string
+	gen  int
 }
 
-// String returns the key as sent to providers and stored in the ledger.
+// String returns the key as sent to providers. For generation 1 (every key
+// the builder makes) it is also the key stored in the ledger.
 func (k Key) String() string { return k.value }
+
+// Base returns the key's first generation: the business key, under which
+// the ledger stores the record and which the adapters put in the metadata
+// of what they create, so that a lookup at the provider (Effect.Find)
+// matches every generation.
+func (k Key) Base() Key {
+	if k.gen <= 1 {
+		return k
+	}
+	b := k
+	b.value, b.base, b.gen = k.base, "", 0
+	return b
+}
+
+// Generation returns the key's provider-key generation, 1 for the keys the
+// builder makes.
+func (k Key) Generation() int { return max(k.gen, 1) }
+
+// WithGeneration returns the provider key of generation g of k's business
+// key: k.Base() itself for g <= 1, else the base followed by "~g" and g.
+// The executor sends a new generation only after the provider was asked
+// (Effect.Find) and had nothing under the earlier ones, because a provider
+// may replay a saved failure under an old key for ever. Generations of one
+// key never collide with each other or with another key: '~' followed by
+// 'g' appears in no key the builder makes (values escape '~', and a
+// shortened key ends in '~' and hex digits). A result longer than MaxKeyLen
+// keeps the suffix and cuts the base.
+func (k Key) WithGeneration(g int) Key {
+	b := k.Base()
+	if g <= 1 || b.IsZero() {
+		return b
+	}
+	suffix := "~g" + strconv.Itoa(g)
+	v := b.value
+	if len(v)+len(suffix) > MaxKeyLen {
+		v = v[:MaxKeyLen-len(suffix)]
+	}
+	out := b
+	out.value, out.base, out.gen = v+suffix, b.value, g
+	return out
+}
+
+// uuidNamespace is this library's fixed UUID namespace for Key.UUID (a
+// version 4 UUID drawn once; it never changes, or every derived UUID would).
+var uuidNamespace = [16]byte{0x6b, 0x1e, 0x3c, 0x52, 0x9d, 0x0f, 0x4a, 0x8e, 0xb5, 0x27, 0x61, 0xd4, 0x0c, 0x93, 0xfa, 0x18}
+
+// UUID returns the key as a deterministic, name-based UUID (RFC 9562
+// version 5: SHA-1 of this library's fixed namespace and String()), for
+// providers that take the idempotency key only as a UUID (a payouts
+// provider's transaction id, say). The same key always gives the same
+// UUID, in every version of this library; two different keys give two
+// different UUIDs short of a SHA-1 collision on 122 bits. Like String, it
+// depends on the generation. Never use a random UUID as a key: it changes
+// on every delivery.
+func (k Key) UUID() string {
+	h := sha1.New()
+	h.Write(uuidNamespace[:])
+	h.Write([]byte(k.value))
+	var u [16]byte
+	copy(u[:], h.Sum(nil))
+	u[6] = u[6]&0x0f | 0x50 // version 5
+	u[8] = u[8]&0x3f | 0x80 // RFC 9562 variant
+	var buf [36]byte
+	hex.Encode(buf[0:8], u[0:4])
+	buf[8] = '-'
+	hex.Encode(buf[9:13], u[4:6])
+	buf[13] = '-'
+	hex.Encode(buf[14:18], u[6:8])
+	buf[18] = '-'
+	hex.Encode(buf[19:23], u[8:10])
+	buf[23] = '-'
+	hex.Encode(buf[24:], u[10:])
+	return string(buf[:])
+}
 
 // Namespace returns the namespace the key was built in.
 func (k Key) Namespace() string { return k.namespace }

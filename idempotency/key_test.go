@@ -2,6 +2,7 @@ package idempotency_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -169,5 +170,78 @@ func FuzzKey(f *testing.F) {
 		if same != (ka == kb) {
 			t.Fatalf("injectivity broken: (%q,%q,%d) -> %q and (%q,%q,%d) -> %q", a1, a2, a3, ka, b1, b2, b3, kb)
 		}
+		// The UUID form and the provider-key generations keep injectivity.
+		if same != (ka.UUID() == kb.UUID()) {
+			t.Fatalf("UUID collision: %q and %q both give %s", ka, kb, ka.UUID())
+		}
+		gens := map[string]string{}
+		for _, k := range []idempotency.Key{ka, kb} {
+			for g := 1; g <= 3; g++ {
+				v := k.WithGeneration(g)
+				if len(v.String()) > idempotency.MaxKeyLen || v.Base() != k || v.Generation() != g {
+					t.Fatalf("generation %d of %q: %q (base %q, generation %d)", g, k, v, v.Base(), v.Generation())
+				}
+				id := fmt.Sprintf("%s|%d", k, g)
+				if prev, dup := gens[v.String()]; dup && prev != id {
+					t.Fatalf("provider keys collide: %s and %s give %q", prev, id, v)
+				}
+				gens[v.String()] = id
+			}
+		}
 	})
+}
+
+// TestKeyUUIDIsStable pins UUIDs computed independently (Python's
+// uuid.uuid5 with this library's namespace): a change here would give every
+// existing intent a new provider key.
+func TestKeyUUIDIsStable(t *testing.T) {
+	for value, want := range map[string]string{
+		"payouts.transfer:v1:payout=po_123":         "1051d040-d493-5107-a258-4cc9bdf5ff16",
+		"orders.refund:v1:order=ord_1/request=rr_1": "7e23db41-1985-5662-966b-d79440a6ad61",
+	} {
+		ns, rest, _ := strings.Cut(value, ":v1:")
+		name, v, _ := strings.Cut(rest, "=")
+		parts := []idempotency.Part{}
+		if name == "order" {
+			order, req, _ := strings.Cut(v, "/request=")
+			parts = append(parts, idempotency.Str("order", order), idempotency.Str("request", req))
+		} else {
+			parts = append(parts, idempotency.Str(name, v))
+		}
+		k := idempotency.KeySpace{Namespace: ns}.MustKey(parts...)
+		if k.String() != value {
+			t.Fatalf("key %q, want %q", k, value)
+		}
+		if got := k.UUID(); got != want {
+			t.Fatalf("UUID of %q: %s, want %s", value, got, want)
+		}
+		u := k.UUID()
+		if u[14] != '5' || !strings.ContainsRune("89ab", rune(u[19])) {
+			t.Fatalf("%s is not an RFC 9562 version 5 UUID", u)
+		}
+	}
+}
+
+func TestKeyGenerations(t *testing.T) {
+	ks := idempotency.KeySpace{Namespace: "orders.refund"}
+	k := ks.MustKey(idempotency.Str("request", "rr_1"))
+	if k.WithGeneration(1) != k || k.Generation() != 1 {
+		t.Fatal("generation 1 is the key itself")
+	}
+	g2 := k.WithGeneration(2)
+	if g2.String() != k.String()+"~g2" || g2.Base() != k || g2.Namespace() != "orders.refund" {
+		t.Fatalf("generation 2: %q", g2)
+	}
+	if g2.WithGeneration(3).String() != k.String()+"~g3" {
+		t.Fatal("a generation is derived from the base key")
+	}
+	long := ks.MustKey(idempotency.Str("request", strings.Repeat("x", 400)))
+	g12 := long.WithGeneration(12)
+	if len(g12.String()) != idempotency.MaxKeyLen || !strings.HasSuffix(g12.String(), "~g12") {
+		t.Fatalf("a long key keeps its generation within %d bytes: %q", idempotency.MaxKeyLen, g12)
+	}
+	hk := idempotency.KeySpace{Namespace: "orders.refund", Secret: []byte("s")}.MustKey(idempotency.Str("request", "rr_1"))
+	if g := hk.WithGeneration(2); !g.HMAC() || g.LogValue().String() != "orders.refund:<hmac>" {
+		t.Fatalf("an HMAC key's generation stays an HMAC key: %v", g.LogValue())
+	}
 }

@@ -1,6 +1,7 @@
 package idempotency
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -10,15 +11,22 @@ import (
 
 // MemStoreConfig configures a MemStore. The zero value is ready to use.
 type MemStoreConfig struct {
-	// Now returns the current time, for leases and dedup windows. Nil
-	// means time.Now. Tests pass a fake clock instead of sleeping.
+	// Now returns the current time, for leases, due times and dedup
+	// windows. Nil means time.Now. Tests pass a fake clock instead of
+	// sleeping.
 	Now func() time.Time
 }
 
-// MemStore is an in-memory Store with the same semantics as the Postgres
-// store: at most one active record per key, failed and revoked records
-// exempt. It is for unit tests, demos and single-process tools; its records
-// die with the process.
+// MemStore is an in-memory Store and Operator with the same semantics as
+// the Postgres store: at most one active record per key, failed and revoked
+// records exempt, the claim rule of Decide, the transitions of Transitions.
+// It is for unit tests, demos and single-process tools; its records die
+// with the process.
+//
+// Hooks (Change.Hook) run without the store's lock held, so a hook may read
+// or change the store; the change is applied afterwards only if the record
+// is still held under the same token, else ErrClaimLost. Unlike a
+// database transaction, what the hook itself did is not undone then.
 type MemStore struct {
 	now func() time.Time
 
@@ -28,7 +36,10 @@ type MemStore struct {
 	tokens  int64
 }
 
-var _ Store = (*MemStore)(nil)
+var (
+	_ Store    = (*MemStore)(nil)
+	_ Operator = (*MemStore)(nil)
+)
 
 // NewMemStore returns an empty store. cfg may be nil.
 func NewMemStore(cfg *MemStoreConfig) *MemStore {
@@ -42,13 +53,6 @@ func NewMemStore(cfg *MemStoreConfig) *MemStore {
 func (s *MemStore) nextToken() int64 {
 	s.tokens++
 	return s.tokens
-}
-
-func copyRecord(r *Record) Record {
-	c := *r
-	c.Fingerprint = slices.Clone(r.Fingerprint)
-	c.Result = slices.Clone(r.Result)
-	return c
 }
 
 // Claim implements Store.
@@ -67,164 +71,186 @@ func (s *MemStore) Claim(ctx context.Context, req ClaimRequest) (Claim, error) {
 		r = &Record{
 			Key:            req.Key,
 			Namespace:      req.Namespace,
-			Status:         StatusPending,
+			State:          req.claimState(),
 			Fingerprint:    slices.Clone(req.Fingerprint),
 			Token:          s.nextToken(),
-			Attempts:       1,
+			Claims:         1,
+			Generation:     1,
 			LeaseUntil:     now.Add(req.Lease),
+			DedupUntil:     NewDedupDeadline(now, req.Window),
 			FirstClaimedAt: now,
 			UpdatedAt:      now,
 		}
 		s.active[req.Key] = r
-		return Claim{Record: copyRecord(r), Acquired: true}, nil
+		return Claim{Verdict: VerdictAcquired, Record: r.Clone()}, nil
 	}
-	if r.Status != StatusPending {
-		return Claim{Record: copyRecord(r)}, nil
+	v, to := Decide(*r, req, now)
+	if !v.Holds() {
+		return Claim{Verdict: v, Record: r.Clone()}, nil
 	}
-	if canTakeOver(r, req, now) {
-		r.CallStarted = false
-		r.Token = s.nextToken()
-		r.Attempts++
-		r.LeaseUntil = now.Add(req.Lease)
-		r.UpdatedAt = now
-		return Claim{Record: copyRecord(r), Acquired: true}, nil
+	prev := r.State
+	if prev == StateClaimed || prev == StateReleased {
+		// Nothing acted under the key: its provider memory starts now.
+		r.DedupUntil = NewDedupDeadline(now, req.Window)
+	} else {
+		r.DedupUntil = DedupDeadline(*r, req.Window)
 	}
-	return Claim{Record: copyRecord(r), Stuck: isStuck(r, now)}, nil
+	r.PrevState, r.State = prev, to
+	r.Token = s.nextToken()
+	r.Claims++
+	r.LeaseUntil = now.Add(req.Lease)
+	r.DueAt = time.Time{}
+	r.UpdatedAt = now
+	return Claim{Verdict: v, Record: r.Clone()}, nil
 }
 
-// canTakeOver is the takeover rule every store implements.
-func canTakeOver(r *Record, req ClaimRequest, now time.Time) bool {
-	if r.Parked || !r.FingerprintMatches(req.Fingerprint) {
-		return false
+// Transition implements Store.
+func (s *MemStore) Transition(ctx context.Context, c Change) (Record, error) {
+	if err := c.Validate(); err != nil {
+		return Record{}, err
 	}
-	// Past the provider's dedup window a retry under the same key is a new
-	// request to the provider: never take over, released or not.
-	if req.Window > 0 && now.Sub(r.FirstClaimedAt) >= req.Window {
-		return false
+	if err := ctx.Err(); err != nil {
+		return Record{}, err
 	}
-	if r.LeaseUntil.IsZero() { // released
-		return true
+	if c.By == ByFormerHolder {
+		return s.recover(ctx, c)
 	}
-	return !now.Before(r.LeaseUntil) && req.TakeOver && !(req.OnlyUncalled && r.CallStarted)
+	s.mu.Lock()
+	r, err := s.held(c.Key, c.Token, c.From())
+	if err != nil {
+		s.mu.Unlock()
+		return Record{}, err
+	}
+	state := r.State
+	if c.Hook != nil {
+		s.mu.Unlock()
+		if err := c.Hook(ctx); err != nil {
+			return Record{}, fmt.Errorf("idempotency: memstore: hook: %w", err)
+		}
+		s.mu.Lock()
+		if r, err = s.held(c.Key, c.Token, []State{state}); err != nil {
+			s.mu.Unlock()
+			return Record{}, err
+		}
+	}
+	defer s.mu.Unlock()
+	s.apply(r, c.To, c)
+	return r.Clone(), nil
 }
 
-// isStuck reports, for a pending record a claim did not acquire, that no
-// live lease holds it: parked, released past the window, or expired.
-func isStuck(r *Record, now time.Time) bool {
-	return r.Status == StatusPending && (r.Parked || r.LeaseUntil.IsZero() || !now.Before(r.LeaseUntil))
-}
-
-// isListedStuck is ListStuck's rule: pending records nobody will finish on
-// their own. Released ones are retried by the next run, unless they are
-// past the given dedup window.
-func isListedStuck(r *Record, now time.Time, window time.Duration) bool {
-	if r.Status != StatusPending {
-		return false
-	}
-	if r.LeaseUntil.IsZero() && !r.Parked {
-		return window > 0 && now.Sub(r.FirstClaimedAt) >= window
-	}
-	return r.Parked || !now.Before(r.LeaseUntil)
-}
-
-// held returns the pending record held under token, or ErrClaimLost.
-func (s *MemStore) held(key string, token int64) (*Record, error) {
+// held returns the active record of key held under token in one of the
+// states from, or ErrClaimLost.
+func (s *MemStore) held(key string, token int64, from []State) (*Record, error) {
 	r, ok := s.active[key]
-	if !ok || r.Status != StatusPending || r.Token != token {
+	if !ok || r.Token != token || !slices.Contains(from, r.State) {
 		return nil, ErrClaimLost
 	}
 	return r, nil
 }
 
-// Complete implements Store.
-func (s *MemStore) Complete(ctx context.Context, req CompleteRequest) (Record, error) {
-	if req.Status != StatusApplied && req.Status != StatusSkipped {
-		return Record{}, fmt.Errorf("idempotency: memstore: complete with status %q", req.Status)
+// apply makes the change to r (the caller holds the lock).
+func (s *MemStore) apply(r *Record, to State, c Change) {
+	now := s.now()
+	if to == "" {
+		to = r.State
 	}
-	if err := ctx.Err(); err != nil {
-		return Record{}, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r, err := s.held(req.Key, req.Token)
-	if err != nil {
-		return Record{}, err
-	}
-	if req.Hook != nil {
-		if err := req.Hook(ctx, nil); err != nil {
-			return Record{}, fmt.Errorf("idempotency: memstore: complete hook: %w", err)
+	r.PrevState, r.State = r.State, to
+	switch {
+	case to.Done():
+		r.Result = slices.Clone(nonNil(c.Result))
+		r.LeaseUntil, r.DueAt = time.Time{}, time.Time{}
+	case to == StateFailed:
+		r.Result = nil
+		r.LeaseUntil, r.DueAt = time.Time{}, time.Time{}
+	case to.Held():
+		if c.Lease > 0 {
+			r.LeaseUntil = now.Add(c.Lease)
 		}
+		if c.NewGeneration() {
+			r.Generation++
+			r.DedupUntil = NewDedupDeadline(now, c.Window)
+		}
+	case to == StateReleased:
+		r.LeaseUntil, r.DueAt = time.Time{}, dueAt(now, c.DueIn)
+	case to == StateUnknown, to == StateInDoubt:
+		if c.AttemptEnded {
+			r.LeaseUntil = time.Time{}
+		}
+		r.DueAt = dueAt(now, c.DueIn)
 	}
-	s.finish(r, req.Status, req.Result, "")
-	return copyRecord(r), nil
-}
-
-func (s *MemStore) finish(r *Record, st Status, result []byte, reason string) {
-	r.Status = st
-	r.Result = slices.Clone(result)
-	r.LeaseUntil = time.Time{}
-	r.Parked = false
-	r.Reason = reason
-	r.UpdatedAt = s.now()
-	if !st.Active() {
+	if c.To != "" {
+		r.Reason = c.Reason
+	}
+	r.Evidence = AppendEvidence(r.Evidence, c.Evidence)
+	r.UpdatedAt = now
+	if !to.Active() {
 		delete(s.active, r.Key)
-		s.history = append(s.history, copyRecord(r))
+		s.history = append(s.history, r.Clone())
 	}
 }
 
-// Release implements Store.
-func (s *MemStore) Release(ctx context.Context, req ReleaseRequest) error {
-	if err := ctx.Err(); err != nil {
-		return err
+func dueAt(now time.Time, in time.Duration) time.Time {
+	if in <= 0 {
+		return time.Time{}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r, err := s.held(req.Key, req.Token)
-	if err != nil {
-		return err
-	}
-	r.LeaseUntil = time.Time{}
-	r.Parked = req.Park
-	r.CallStarted = r.CallStarted && req.Park
-	r.Reason = req.Reason
-	r.UpdatedAt = s.now()
-	return nil
+	return now.Add(in)
 }
 
-// MarkCalling implements Store.
-func (s *MemStore) MarkCalling(ctx context.Context, key string, token int64) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
+// recover applies a Recover change (see there).
+func (s *MemStore) recover(ctx context.Context, c Change) (Record, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	r, err := s.held(key, token)
+	cur, err := s.recoverable(c)
 	if err != nil {
-		return err
+		s.mu.Unlock()
+		return cur, err
 	}
-	r.CallStarted = true
-	r.UpdatedAt = s.now()
-	return nil
-}
-
-// Fail implements Store.
-func (s *MemStore) Fail(ctx context.Context, req FailRequest) (Record, error) {
-	if err := ctx.Err(); err != nil {
-		return Record{}, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r, err := s.held(req.Key, req.Token)
-	if err != nil {
-		return Record{}, err
-	}
-	if req.Hook != nil {
-		if err := req.Hook(ctx, nil); err != nil {
-			return Record{}, fmt.Errorf("idempotency: memstore: fail hook: %w", err)
+	if c.Hook != nil {
+		s.mu.Unlock()
+		if err := c.Hook(ctx); err != nil {
+			return Record{}, fmt.Errorf("idempotency: memstore: hook: %w", err)
+		}
+		s.mu.Lock()
+		again, err := s.recoverable(c)
+		if err != nil || again.Token != cur.Token || again.State != cur.State {
+			s.mu.Unlock()
+			if err == nil {
+				err = ErrClaimLost
+			}
+			return again, err
 		}
 	}
-	s.finish(r, StatusFailed, nil, req.Reason)
-	return copyRecord(r), nil
+	defer s.mu.Unlock()
+	r, ok := s.active[c.Key]
+	if !ok {
+		now := s.now()
+		r = &Record{Key: c.Key, Namespace: c.Namespace, Fingerprint: slices.Clone(c.Fingerprint), Claims: 1,
+			Generation: 1, FirstClaimedAt: now}
+		s.active[c.Key] = r
+	}
+	r.Token = s.nextToken()
+	s.apply(r, StateApplied, c)
+	if r.Reason == "" {
+		r.Reason = "recovered: the completion of a lost claim"
+	}
+	return r.Clone(), nil
+}
+
+// recoverable returns the key's active record and whether a former holder
+// may record its success over it: a nil error when there is none or it is
+// pending with no live claim and the same fingerprint.
+func (s *MemStore) recoverable(c Change) (Record, error) {
+	r, ok := s.active[c.Key]
+	if !ok {
+		return Record{}, nil
+	}
+	now := s.now()
+	switch {
+	case r.State.Held() && now.Before(r.LeaseUntil):
+		return r.Clone(), ErrClaimLive
+	case r.State.Done(), !r.FingerprintMatches(c.Fingerprint):
+		return r.Clone(), ErrClaimLost
+	}
+	return r.Clone(), nil
 }
 
 // Lookup implements Store.
@@ -237,28 +263,13 @@ func (s *MemStore) Lookup(ctx context.Context, keys []string) (map[string]Record
 	out := make(map[string]Record, len(keys))
 	for _, k := range keys {
 		if r, ok := s.active[k]; ok {
-			out[k] = copyRecord(r)
+			out[k] = r.Clone()
 		}
 	}
 	return out, nil
 }
 
-// Revoke implements Store.
-func (s *MemStore) Revoke(ctx context.Context, key, reason string) (Record, error) {
-	if err := ctx.Err(); err != nil {
-		return Record{}, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r, ok := s.active[key]
-	if !ok || !r.Status.Done() {
-		return Record{}, ErrNotFound
-	}
-	s.finish(r, StatusRevoked, r.Result, reason)
-	return copyRecord(r), nil
-}
-
-// ListStuck implements Store.
+// ListStuck implements Operator.
 func (s *MemStore) ListStuck(ctx context.Context, req ListStuckRequest) ([]Record, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -272,47 +283,73 @@ func (s *MemStore) ListStuck(ctx context.Context, req ListStuckRequest) ([]Recor
 	now := s.now()
 	var out []Record
 	for _, r := range s.active {
-		if isListedStuck(r, now, req.Window) && (req.Namespace == "" || r.Namespace == req.Namespace) {
-			out = append(out, copyRecord(r))
+		if Stuck(*r, now) && (req.Namespace == "" || r.Namespace == req.Namespace) {
+			out = append(out, r.Clone())
 		}
 	}
-	slices.SortFunc(out, func(a, b Record) int { return a.FirstClaimedAt.Compare(b.FirstClaimedAt) })
+	slices.SortFunc(out, func(a, b Record) int {
+		if c := a.FirstClaimedAt.Compare(b.FirstClaimedAt); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Token, b.Token)
+	})
 	if len(out) > limit {
 		out = out[:limit]
 	}
 	return out, nil
 }
 
-// Settle implements Store.
+// Settle implements Operator.
 func (s *MemStore) Settle(ctx context.Context, req SettleRequest) (Record, error) {
-	switch req.Status {
-	case StatusApplied, StatusSkipped, StatusFailed:
-	default:
-		return Record{}, fmt.Errorf("idempotency: memstore: settle with status %q", req.Status)
+	if err := req.Validate(); err != nil {
+		return Record{}, err
 	}
 	if err := ctx.Err(); err != nil {
 		return Record{}, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r, err := s.held(req.Key, req.Token)
+	r, err := s.held(req.Key, req.Token, Allowed(req.State, ByOperator))
 	if err != nil {
 		return Record{}, err
 	}
-	s.finish(r, req.Status, req.Result, req.Reason)
-	return copyRecord(r), nil
+	if r.State.Held() && s.now().Before(r.LeaseUntil) && !req.Force {
+		return r.Clone(), ErrClaimLive
+	}
+	s.apply(r, req.State, Change{To: req.State, Result: req.Result, Reason: req.Reason})
+	return r.Clone(), nil
 }
 
-// History returns the exempt (failed and revoked) records of key, oldest
-// first, for tests and audits.
-func (s *MemStore) History(key string) []Record {
+// Revoke implements Operator.
+func (s *MemStore) Revoke(ctx context.Context, key, reason string) (Record, error) {
+	if err := ctx.Err(); err != nil {
+		return Record{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.active[key]
+	if !ok || !r.State.Done() {
+		return Record{}, ErrNotFound
+	}
+	s.apply(r, StateRevoked, Change{To: StateRevoked, Result: r.Result, Reason: reason})
+	return r.Clone(), nil
+}
+
+// History implements Operator.
+func (s *MemStore) History(ctx context.Context, key string) ([]Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []Record
-	for _, r := range s.history {
-		if r.Key == key {
-			out = append(out, copyRecord(&r))
+	if r, ok := s.active[key]; ok {
+		out = append(out, r.Clone())
+	}
+	for i := len(s.history) - 1; i >= 0; i-- {
+		if s.history[i].Key == key {
+			out = append(out, s.history[i].Clone())
 		}
 	}
-	return out
+	return out, nil
 }

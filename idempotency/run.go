@@ -1,449 +1,519 @@
 package idempotency
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"strings"
+	"math/rand/v2"
 	"time"
 )
-
-// Outcome says what happened to one run of an effect.
-type Outcome uint8
-
-const (
-	// OutcomeApplied: the provider was called in this run and the result
-	// recorded.
-	OutcomeApplied Outcome = iota + 1
-	// OutcomeAlreadyApplied: an applied or skipped record was already
-	// there; its stored result is returned and the provider was not called.
-	OutcomeAlreadyApplied
-	// OutcomeSkipped: the effect's Call decided there was nothing to do and
-	// the skip was recorded.
-	OutcomeSkipped
-	// OutcomeInFlight: another worker holds a live claim on the key.
-	OutcomeInFlight
-	// OutcomeRetryable: the provider call failed retryably; the claim was
-	// released and the key kept for the next attempt.
-	OutcomeRetryable
-	// OutcomePermanent: the provider refused; the record was marked failed.
-	OutcomePermanent
-	// OutcomeMismatch: the key is used with another payload.
-	OutcomeMismatch
-	// OutcomeNeedsReconciliation: the real state at the provider is unknown
-	// and a blind retry could duplicate the effect.
-	OutcomeNeedsReconciliation
-	// OutcomeError: the store failed (or the completion did). Nothing was
-	// lost: the record is absent, or pending under a lease that will
-	// expire, and the next run decides by the effect's ExpiredPolicy.
-	OutcomeError
-)
-
-var outcomeNames = [...]string{
-	OutcomeApplied:             "applied",
-	OutcomeAlreadyApplied:      "already_applied",
-	OutcomeSkipped:             "skipped",
-	OutcomeInFlight:            "in_flight",
-	OutcomeRetryable:           "retryable",
-	OutcomePermanent:           "permanent",
-	OutcomeMismatch:            "mismatch",
-	OutcomeNeedsReconciliation: "needs_reconciliation",
-	OutcomeError:               "error",
-}
-
-func (o Outcome) String() string {
-	if int(o) < len(outcomeNames) && outcomeNames[o] != "" {
-		return outcomeNames[o]
-	}
-	return fmt.Sprintf("Outcome(%d)", uint8(o))
-}
-
-// Result is what one run of an effect did.
-type Result[Out any] struct {
-	Outcome Outcome
-	Key     Key
-	// Value is the result: fresh for Applied and Skipped, decoded from the
-	// ledger for AlreadyApplied.
-	Value Out
-	// Record is the ledger record written or met, where there is one.
-	Record Record
-	// Calls is the number of times this run invoked the effect's Call (0
-	// unless the claim was acquired; more than 1 only with in-run
-	// retries). A Call may refuse before reaching the provider, so count
-	// real effects at the provider.
-	Calls int
-	// Err is the cause for failures; Run returns it too.
-	Err error
-}
-
-// RetryPolicy bounds in-run retries of retryable provider errors. Between
-// attempts the claim stays held and the same key is reused.
-type RetryPolicy struct {
-	// MaxAttempts is the number of provider calls per run. Zero means 1:
-	// no in-run retries, the next run (or sweep) retries.
-	MaxAttempts int
-	// InitialBackoff is the first delay, doubled after each attempt. Zero
-	// means 200ms. A provider's Retry-After, when longer, wins.
-	InitialBackoff time.Duration
-	// MaxBackoff caps the delay. Zero means 5s.
-	MaxBackoff time.Duration
-}
-
-func (p RetryPolicy) withDefaults() RetryPolicy {
-	if p.MaxAttempts <= 0 {
-		p.MaxAttempts = 1
-	}
-	if p.InitialBackoff <= 0 {
-		p.InitialBackoff = 200 * time.Millisecond
-	}
-	if p.MaxBackoff <= 0 {
-		p.MaxBackoff = 5 * time.Second
-	}
-	return p
-}
-
-// Event reports one finished run, for metrics: count duplicates collapsed
-// (AlreadyApplied, InFlight) and provider calls saved.
-type Event struct {
-	Effect    string
-	Namespace string
-	Key       Key // logs as its namespace only in HMAC mode
-	Outcome   Outcome
-	Calls     int
-	Err       error
-	Duration  time.Duration
-}
-
-// Config configures an Executor. The zero value is ready to use.
-type Config struct {
-	// Logger receives one record per run: Debug for applied and
-	// already-applied outcomes, Info for in-flight, Warn for failures.
-	// Keys built in HMAC mode are logged as their namespace only. Nil
-	// means no logging.
-	Logger *slog.Logger
-	// OnOutcome, when set, is called after every run.
-	OnOutcome func(ctx context.Context, ev Event)
-	// Lease is the default claim lease. Zero means 5 minutes.
-	Lease time.Duration
-	// Retry is the default in-run retry policy. The zero value makes one
-	// attempt per run.
-	Retry RetryPolicy
-}
-
-// Executor runs effects against a Store. It is safe for concurrent use.
-type Executor struct {
-	store  Store
-	cfg    Config
-	logger *slog.Logger
-	sleep  func(ctx context.Context, d time.Duration) error
-}
-
-// NewExecutor returns an executor over store. cfg may be nil.
-func NewExecutor(store Store, cfg *Config) (*Executor, error) {
-	if store == nil {
-		return nil, ErrNilStore
-	}
-	var c Config
-	if cfg != nil {
-		c = *cfg
-	}
-	if c.Lease < 0 {
-		return nil, fmt.Errorf("%w: negative lease", ErrInvalidEffect)
-	}
-	if c.Lease == 0 {
-		c.Lease = 5 * time.Minute
-	}
-	return &Executor{store: store, cfg: c, logger: c.Logger, sleep: sleepCtx}, nil
-}
-
-// Store returns the executor's store.
-func (x *Executor) Store() Store { return x.store }
 
 // Run performs one delivery of an effect's intent, exactly once across every
 // delivery of the same intent:
 //
 //  1. The key and fingerprint are computed once from in, before anything
-//     else, and carried through to completion.
-//  2. One store call claims the key or fetches its active record. An
-//     applied or skipped record returns its stored result without calling
-//     the provider; a live claim elsewhere returns OutcomeInFlight; a
-//     fingerprint that differs returns a *MismatchError.
-//  3. The provider is called with the key (retried in-run per RetryPolicy).
+//     else, and carried through to the end.
+//  2. One store call claims the key or meets its record, and decides
+//     (Decide): an applied or skipped record returns its stored result
+//     without calling the provider; a live claim elsewhere is in flight; a
+//     record not yet due is not due; another fingerprint is a
+//     *MismatchError; a record in doubt is reconciled (Effect.Find) or
+//     reported.
+//  3. The provider is called with the key, each attempt through the
+//     executor's middleware, retried in-run as the policy allows while the
+//     provider still remembers the key.
 //  4. Success is recorded with one store call, together with OnComplete.
-//  5. Retryable failures release the claim; permanent ones mark it failed;
-//     unknown states park it for reconciliation.
+//     A success whose completion is refused (the claim was lost) is still
+//     recorded when no live claim holds the key.
+//  5. Failures release the claim (the provider did not act), leave it for
+//     a retry under the same key (the provider may have acted and
+//     deduplicates), mark it failed (refused), or leave it in doubt.
 //
-// The returned error is nil for Applied, AlreadyApplied, Skipped and
-// InFlight, and otherwise matches the outcome's sentinel (ErrRetryable,
-// ErrPermanent, ErrFingerprintMismatch, ErrNeedsReconciliation) or is the
-// store's error. Invalid effects and keys fail before the store is touched.
+// Store calls are made with a context detached from ctx's cancellation: a
+// claim, a completion or a release is never cut half way, and a run that
+// did not call the provider leaves the key free at once. ctx reaches the
+// provider call, Find and the middleware.
+//
+// The returned error is nil exactly for the outcomes Applied,
+// AlreadyApplied, Skipped, Reconciled and InFlight, and otherwise matches
+// the outcome's sentinel (see Outcome) or is the store's error.
 func Run[In, Out any](ctx context.Context, x *Executor, e *Effect[In, Out], in In) (Result[Out], error) {
 	start := time.Now()
-	res, err := run(ctx, x, e, in)
+	r := &runner[In, Out]{x: x, e: e, in: in}
+	res, err := r.run(ctx)
 	res.Err = err
-	if x != nil && e != nil && res.Outcome != 0 {
-		x.report(ctx, e.Name, res.Key, res.Outcome, res.Calls, err, time.Since(start))
+	if x != nil {
+		name := ""
+		if e != nil {
+			name = e.Name
+		}
+		x.report(ctx, Event{Effect: name, Namespace: res.Key.Namespace(), Key: res.Key, Outcome: res.Outcome,
+			Calls: res.Calls, Attempts: res.Attempts, Reconciled: res.Reconciled, Err: err, Duration: time.Since(start)}, r.lost)
 	}
 	return res, err
 }
 
-func run[In, Out any](ctx context.Context, x *Executor, e *Effect[In, Out], in In) (Result[Out], error) {
-	var res Result[Out]
-	if x == nil {
-		return res, fmt.Errorf("%w: nil executor", ErrInvalidEffect)
+// runner carries one run through its steps.
+type runner[In, Out any] struct {
+	x     *Executor
+	e     *Effect[In, Out]
+	in    In
+	key   Key    // the business key (generation 1)
+	fp    []byte // the stored fingerprint
+	lease time.Duration
+	codec Codec[Out]
+	pol   RetryPolicy
+	res   Result[Out]
+	// lost is a provider success the ledger could not record, for the log.
+	lost []byte
+}
+
+func (r *runner[In, Out]) run(ctx context.Context) (Result[Out], error) {
+	if r.x == nil {
+		return r.invalid(fmt.Errorf("%w: nil executor", ErrInvalidEffect))
 	}
-	if err := e.Validate(); err != nil {
-		return res, err
+	if err := r.e.Validate(); err != nil {
+		return r.invalid(err)
 	}
 	// Key and fingerprint: computed once, never again (the call may mutate in).
-	key, fp, err := e.Identity(in)
+	key, fp, err := r.e.Identity(r.in)
 	if err != nil {
-		return res, err
+		return r.invalid(err)
 	}
-	res.Key = key
-	lease := e.Lease
-	if lease == 0 {
-		lease = x.cfg.Lease
+	r.key, r.fp, r.res.Key = key, fp, key
+	r.lease = r.e.Lease
+	if r.lease == 0 {
+		r.lease = r.x.cfg.Lease
 	}
-	codec := e.codec()
+	if r.e.DedupWindow > 0 && r.lease >= r.e.DedupWindow {
+		return r.invalid(fmt.Errorf("%w: effect %s: lease %v does not fit in DedupWindow %v", ErrInvalidEffect, r.e.Name, r.lease, r.e.DedupWindow))
+	}
+	r.codec = r.e.codec()
+	r.pol = r.x.cfg.Retry
+	if r.e.Retry != nil {
+		r.pol = *r.e.Retry
+	}
+	r.pol = r.pol.withDefaults()
 
-	// Claim with a context that cannot be cancelled half way: a cancelled
-	// statement may still commit, leaving a pending row nobody holds.
 	if err := ctx.Err(); err != nil {
-		res.Outcome = OutcomeError
-		return res, fmt.Errorf("idempotency: %s: %w", e.Name, err)
+		return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: before the claim: %w", r.e.Name, err))
 	}
-	claim, err := x.store.Claim(context.WithoutCancel(ctx), ClaimRequest{
-		Key:          key.String(),
-		Namespace:    key.Namespace(),
-		Fingerprint:  fp,
-		Lease:        lease,
-		TakeOver:     e.Expired == ExpiredRetry || e.Expired == ExpiredRetryUncalled,
-		OnlyUncalled: e.Expired == ExpiredRetryUncalled,
-		Window:       e.DedupWindow,
+	claim, err := r.x.store.Claim(context.WithoutCancel(ctx), ClaimRequest{
+		Key:         key.String(),
+		Namespace:   key.Namespace(),
+		Fingerprint: fp,
+		Lease:       r.lease,
+		Window:      r.e.DedupWindow,
+		TakeOver:    r.e.Expired == ExpiredRetry,
+		Track:       r.e.Expired == ExpiredRetryUncalled,
+		Reconcile:   r.e.Find != nil,
 	})
 	if err != nil {
-		res.Outcome = OutcomeError
-		return res, fmt.Errorf("idempotency: %s: claim: %w", e.Name, err)
+		return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: claim: %w", r.e.Name, err))
 	}
-	res.Record = claim.Record
-	if !claim.Acquired {
-		return existing(res, claim, fp, codec)
-	}
-
-	// We hold the claim under claim.Record.Token.
-	token := claim.Record.Token
-	if e.Expired == ExpiredRetryUncalled {
-		if err := x.store.MarkCalling(ctx, key.String(), token); err != nil {
-			// Nothing was called: the claim stays pending and expires;
-			// being uncalled, it is then taken over.
-			res.Outcome = OutcomeError
-			if errors.Is(err, ErrClaimLost) {
-				res.Outcome = OutcomeInFlight
-			}
-			return res, fmt.Errorf("idempotency: %s: mark calling: %w", e.Name, err)
-		}
-	}
-	out, calls, callErr := callProvider(ctx, x, e, key, in)
-	res.Calls = calls
-
-	if callErr == nil || errors.Is(callErr, ErrSkip) {
-		status, outcome := StatusApplied, OutcomeApplied
-		if callErr != nil {
-			status, outcome = StatusSkipped, OutcomeSkipped
-		}
-		enc, err := codec.Encode(out)
-		if err != nil {
-			// The effect happened but cannot be recorded: park it so nobody
-			// retries blindly, and never write an applied row without a result.
-			_ = x.store.Release(context.WithoutCancel(ctx), ReleaseRequest{
-				Key: key.String(), Token: token, Park: true, Reason: "encode result: " + err.Error(),
-			})
-			res.Outcome = OutcomeNeedsReconciliation
-			return res, fmt.Errorf("idempotency: %s: %w: %w: %w", e.Name, ErrNeedsReconciliation, ErrEncodeResult, err)
-		}
-		var hook func(context.Context, any) error
-		if e.OnComplete != nil {
-			hook = func(ctx context.Context, tx any) error { return e.OnComplete(ctx, tx, in, out) }
-		}
-		// Record even if the caller's context was cancelled after the call:
-		// the effect happened, and a lost record costs a reconciliation.
-		rec, err := x.store.Complete(context.WithoutCancel(ctx), CompleteRequest{
-			Key: key.String(), Token: token, Status: status, Result: enc, Hook: hook,
-		})
-		if err != nil {
-			if errors.Is(err, ErrClaimLost) {
-				// Another worker took over after our lease expired; it
-				// will record the (provider-deduplicated) result.
-				res.Outcome = OutcomeInFlight
-				return res, fmt.Errorf("idempotency: %s: complete: %w", e.Name, err)
-			}
-			res.Outcome = OutcomeError
-			return res, fmt.Errorf("idempotency: %s: complete: %w", e.Name, err)
-		}
-		res.Record, res.Value, res.Outcome = rec, out, outcome
-		return res, nil
-	}
-
-	// The call failed: decide the claim's fate by the error's class, with a
-	// context that survives the caller's cancellation so a claim is never
-	// left held for no reason.
-	bg := context.WithoutCancel(ctx)
-	class, _ := Classify(callErr)
-	switch class {
-	case ClassPermanent, ClassMismatch:
-		var hook func(context.Context, any) error
-		if e.OnFail != nil {
-			hook = func(ctx context.Context, tx any) error { return e.OnFail(ctx, tx, in, callErr) }
-		}
-		rec, err := x.store.Fail(bg, FailRequest{Key: key.String(), Token: token, Reason: callErr.Error(), Hook: hook})
-		if err != nil && !errors.Is(err, ErrClaimLost) {
-			// Not recorded: the claim stays pending and expires.
-			res.Outcome = OutcomeError
-			return res, fmt.Errorf("idempotency: %s: fail after %w: %w", e.Name, callErr, err)
-		}
-		if err == nil {
-			res.Record = rec
-		}
-		if class == ClassMismatch {
-			res.Outcome = OutcomeMismatch
-			return res, fmt.Errorf("idempotency: %s: provider: %w", e.Name, callErr)
-		}
-		res.Outcome = OutcomePermanent
-		return res, fmt.Errorf("idempotency: %s: %w", e.Name, callErr)
-	case ClassReconcile:
-		_ = x.store.Release(bg, ReleaseRequest{Key: key.String(), Token: token, Park: true, Reason: callErr.Error()})
-		res.Outcome = OutcomeNeedsReconciliation
-		return res, fmt.Errorf("idempotency: %s: %w", e.Name, callErr)
-	default:
-		if err := x.store.Release(bg, ReleaseRequest{Key: key.String(), Token: token, Reason: callErr.Error()}); err != nil && !errors.Is(err, ErrClaimLost) {
-			res.Outcome = OutcomeError
-			return res, fmt.Errorf("idempotency: %s: release after %v: %w", e.Name, callErr, err)
-		}
-		res.Outcome = OutcomeRetryable
-		if class == ClassUnknown {
-			return res, fmt.Errorf("idempotency: %s: %w: %w", e.Name, ErrRetryable, callErr)
-		}
-		return res, fmt.Errorf("idempotency: %s: %w", e.Name, callErr)
-	}
-}
-
-// existing turns a claim that met an active record into a result. The
-// fingerprint is checked first, on every path.
-func existing[Out any](res Result[Out], claim Claim, fp []byte, codec Codec[Out]) (Result[Out], error) {
+	r.res.Record = claim.Record
 	rec := claim.Record
-	if !rec.FingerprintMatches(fp) {
-		res.Outcome = OutcomeMismatch
-		return res, &MismatchError{Key: rec.Key, Stored: rec}
-	}
-	switch {
-	case rec.Status.Done():
-		v, err := codec.Decode(rec.Result)
+	switch claim.Verdict {
+	case VerdictAcquired:
+		return r.execute(ctx, rec)
+	case VerdictReconcile:
+		return r.reconcile(ctx, rec)
+	case VerdictDone:
+		v, err := r.codec.Decode(rec.Result)
 		if err != nil {
-			res.Outcome = OutcomeError
-			return res, fmt.Errorf("idempotency: %w: %w", ErrDecodeResult, err)
+			return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: %w: %w", r.e.Name, ErrDecodeResult, err))
 		}
-		res.Value, res.Outcome = v, OutcomeAlreadyApplied
-		return res, nil
-	case claim.Stuck:
-		res.Outcome = OutcomeNeedsReconciliation
-		reason := "claim expired and may not be taken over"
-		if rec.LeaseUntil.IsZero() {
-			reason = "released claim is past the provider's dedup window"
+		r.res.Value, r.res.Outcome = v, OutcomeAlreadyApplied
+		return r.res, nil
+	case VerdictMismatch:
+		return r.fail(OutcomeMismatch, &MismatchError{Key: rec.Key, Stored: rec})
+	case VerdictInFlight:
+		r.res.Outcome, r.res.Delay = OutcomeInFlight, r.until(rec.LeaseUntil)
+		return r.res, nil
+	case VerdictNotDue:
+		r.res.Delay = r.until(rec.DueAt)
+		if d := r.until(rec.LeaseUntil); d > r.res.Delay {
+			r.res.Delay = d
 		}
-		if rec.Parked {
-			reason = "parked: " + rec.Reason
+		return r.fail(OutcomeNotDue, fmt.Errorf("idempotency: %s: %w (record %s, due in %v)", r.e.Name, ErrNotDue, rec.State, r.res.Delay))
+	case VerdictInDoubt:
+		reason := rec.Reason
+		if reason == "" {
+			reason = "the provider may have acted"
 		}
-		return res, fmt.Errorf("%w: %s (attempts %d)", ErrNeedsReconciliation, reason, rec.Attempts)
-	default:
-		res.Outcome = OutcomeInFlight
-		return res, nil
+		return r.fail(OutcomeNeedsReconciliation, fmt.Errorf("idempotency: %s: %w: record %s (%d claims): %s",
+			r.e.Name, ErrNeedsReconciliation, rec.State, rec.Claims, reason))
 	}
+	return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: claim: store returned verdict %v", r.e.Name, claim.Verdict))
 }
 
-// call invokes the provider, retrying retryable errors in-run as the policy
-// allows, always with the same key.
-func callProvider[In, Out any](ctx context.Context, x *Executor, e *Effect[In, Out], key Key, in In) (out Out, calls int, err error) {
-	pol := x.cfg.Retry
-	if e.Retry != nil {
-		pol = *e.Retry
+func (r *runner[In, Out]) invalid(err error) (Result[Out], error) {
+	r.res.Outcome = OutcomeInvalid
+	return r.res, err
+}
+
+func (r *runner[In, Out]) fail(o Outcome, err error) (Result[Out], error) {
+	r.res.Outcome = o
+	return r.res, err
+}
+
+// until returns how long from now (the executor's clock) until t; zero for
+// a zero or past t.
+func (r *runner[In, Out]) until(t time.Time) time.Duration {
+	if t.IsZero() {
+		return 0
 	}
-	pol = pol.withDefaults()
-	backoff := pol.InitialBackoff
-	for {
-		calls++
-		out, err = e.Call(ctx, key, in)
-		if err == nil || calls >= pol.MaxAttempts || ctx.Err() != nil {
-			return out, calls, err
+	return max(t.Sub(r.x.now()), 0)
+}
+
+// errNotReached marks an attempt that never reached the provider: a
+// middleware returned without calling next, or the start of the call could
+// not be recorded.
+type errNotReached struct{ err error }
+
+func (e errNotReached) Error() string { return "the call never started: " + e.err.Error() }
+func (e errNotReached) Unwrap() error { return e.err }
+
+// execute calls the provider under a held claim, retrying in-run as the
+// policy allows, and records what happened.
+func (r *runner[In, Out]) execute(ctx context.Context, rec Record) (Result[Out], error) {
+	r.res.Record = rec
+	state := rec.State
+	pkey := r.key.WithGeneration(rec.Generation)
+	// What the provider may have done before this claim: a takeover of a
+	// record whose call may have acted. A resend starts a new generation
+	// the provider has never seen.
+	prior := rec.PrevState.MayHaveActed() && rec.PrevState != StateReconciling
+	deadline := r.callDeadline(rec)
+	backoff := r.pol.InitialBackoff
+
+	var (
+		out      Out
+		err      error
+		attempts []Attempt
+	)
+	for n := 1; ; n++ {
+		var stop error
+		switch {
+		case ctx.Err() != nil:
+			stop = fmt.Errorf("context done before attempt %d: %w", n, ctx.Err())
+		case !deadline.IsZero() && !r.x.now().Before(deadline):
+			stop = fmt.Errorf("the provider's dedup window ended before attempt %d", n)
+		}
+		if stop != nil {
+			if n == 1 {
+				err = NotActed(stop, 0)
+				attempts = append(attempts, r.evidence(rec.Generation, AttemptNotActed, Observation{}, stop))
+			}
+			break
+		}
+		var (
+			obs     Observation
+			reached bool
+		)
+		out, obs, reached, err = r.attempt(ctx, rec, &state, pkey, n)
+		if !reached {
+			err = NotActed(err, 0)
+			attempts = append(attempts, r.evidence(rec.Generation, AttemptNotActed, obs, err))
+			break
+		}
+		attempts = append(attempts, r.evidence(rec.Generation, attemptClass(err), obs, err))
+		if err == nil || errors.Is(err, ErrSkip) {
+			break
 		}
 		class, after := Classify(err)
-		if class != ClassRetryable && class != ClassUnknown {
-			return out, calls, err
+		if !r.retryInRun(ctx, class, n, after) {
+			break
 		}
-		if after > pol.MaxBackoff {
-			// The provider asks for longer than we hold claims for in-run
-			// waits: release and let the next run (or sweep) retry.
-			return out, calls, err
+		if r.x.sleep(ctx, max(backoff, after)) != nil {
+			break // cancelled while waiting: decide on the last failure
 		}
-		if x.sleep(ctx, max(backoff, after)) != nil {
-			return out, calls, err // cancelled while waiting: report the last failure
-		}
-		backoff = min(backoff*2, pol.MaxBackoff)
+		backoff = min(backoff*2, r.pol.MaxBackoff)
 	}
+	r.res.Attempts = attempts
+	return r.settle(ctx, rec, state, prior, attempts, out, err)
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
+// attempt makes one provider attempt through the middleware. reached
+// reports that the effect's Call was invoked.
+func (r *runner[In, Out]) attempt(ctx context.Context, rec Record, state *State, pkey Key, n int) (out Out, obs Observation, reached bool, err error) {
+	callCtx, ob := withObserver(ctx)
+	info := AttemptInfo{Effect: r.e.Name, Key: pkey, Number: n}
+	err = chain(r.x.mw, callCtx, info, func(ctx context.Context) error {
+		if reached {
+			return errors.New("idempotency: middleware called next twice; the second call was refused")
+		}
+		if err := ctx.Err(); err != nil {
+			return errNotReached{fmt.Errorf("context done before the call: %w", err)}
+		}
+		if *state == StateClaimed {
+			// Record the start of the call first, uncut by ctx: a worker
+			// that dies after this line leaves a record in doubt, one
+			// that dies before it leaves a record the next run takes
+			// over.
+			if _, err := r.x.store.Transition(context.WithoutCancel(ctx), MarkCalling(rec.Key, rec.Token)); err != nil {
+				return errNotReached{fmt.Errorf("mark calling: %w", err)}
+			}
+			*state = StateCalling
+		}
+		reached = true
+		r.res.Calls++
+		var cerr error
+		out, cerr = r.e.Call(ctx, pkey, r.in)
+		return cerr
+	})
+	if !reached && err == nil {
+		err = errors.New("a middleware returned without calling next")
 	}
+	var nr errNotReached
+	if errors.As(err, &nr) {
+		err = nr.err
+	}
+	return out, ob.obs, reached, err
 }
 
-func (x *Executor) report(ctx context.Context, effect string, key Key, o Outcome, calls int, err error, d time.Duration) {
-	if x.cfg.OnOutcome != nil {
-		x.cfg.OnOutcome(ctx, Event{Effect: effect, Namespace: key.Namespace(), Key: key, Outcome: o, Calls: calls, Err: err, Duration: d})
+func (r *runner[In, Out]) retryInRun(ctx context.Context, class Class, n int, after time.Duration) bool {
+	if n >= r.pol.MaxAttempts || ctx.Err() != nil || after > r.pol.MaxBackoff {
+		return false
 	}
-	if x.logger == nil {
-		return
+	switch class {
+	case ClassNotActed:
+		return true
+	case ClassUnknown:
+		// Only where the provider replays its first answer to the same key.
+		return r.e.Expired == ExpiredRetry
 	}
-	level := slog.LevelDebug
-	switch o {
-	case OutcomeInFlight, OutcomeSkipped:
-		level = slog.LevelInfo
-	case OutcomeApplied, OutcomeAlreadyApplied:
-	default:
-		level = slog.LevelWarn
+	return false
+}
+
+// callDeadline is when, on the executor's clock, the provider may forget the
+// record's provider key: no attempt starts after it. Zero means never.
+func (r *runner[In, Out]) callDeadline(rec Record) time.Time {
+	d := DedupDeadline(rec, r.e.DedupWindow)
+	if d.IsZero() {
+		return time.Time{}
 	}
-	if !x.logger.Enabled(ctx, level) {
-		return
-	}
-	attrs := []slog.Attr{
-		slog.String("effect", effect),
-		slog.String("namespace", key.Namespace()),
-		slog.Any("key", key),
-		slog.String("outcome", o.String()),
-		slog.Int("calls", calls),
-		slog.Duration("duration", d),
-	}
+	// rec.UpdatedAt is the store's "now" at the claim: measure what is
+	// left of the window on the executor's clock.
+	return r.x.now().Add(d.Sub(rec.UpdatedAt))
+}
+
+func (r *runner[In, Out]) evidence(gen int, class AttemptClass, obs Observation, err error) Attempt {
+	a := Attempt{At: r.x.now(), Generation: gen, Class: class, Status: obs.Status, RequestID: obs.RequestID, Replayed: obs.Replayed}
 	if err != nil {
-		msg := err.Error()
-		if key.HMAC() {
-			msg = redact(msg, key.String())
-		}
-		attrs = append(attrs, slog.String("error", msg))
+		a.Error = truncate(redactKey(err.Error(), r.key), maxEvidenceError)
 	}
-	x.logger.LogAttrs(ctx, level, "idempotency: effect run", attrs...)
+	return a
 }
 
-// redact removes every occurrence of key from s.
-func redact(s, key string) string {
-	if key == "" {
-		return s
+// settle records what the run's attempts did to the held record.
+func (r *runner[In, Out]) settle(ctx context.Context, rec Record, state State, prior bool, attempts []Attempt, out Out, err error) (Result[Out], error) {
+	bg := context.WithoutCancel(ctx)
+	if err == nil || errors.Is(err, ErrSkip) {
+		return r.complete(bg, rec, out, err != nil, attempts)
 	}
-	return strings.ReplaceAll(s, key, "<key>")
+	class, after := Classify(err)
+	last := attempts[len(attempts)-1]
+	maybe := prior
+	for _, a := range attempts {
+		maybe = maybe || a.Class == AttemptUnknown
+	}
+	switch class {
+	case ClassPermanent, ClassMismatch:
+		// A refusal proves nothing was done only if no earlier attempt
+		// under the key may have acted, or it is the provider's replay of
+		// the first answer.
+		if !maybe || last.Replayed {
+			return r.failed(bg, rec, class, out, err)
+		}
+	case ClassReconcile:
+		return r.park(bg, rec, err, true)
+	}
+	if state == StateClaimed || !maybe {
+		// Nothing under this provider key may have acted.
+		due := r.dueIn(after, rec.Claims)
+		if _, terr := r.x.store.Transition(bg, withEvidence(Release(rec.Key, rec.Token, err.Error(), due), attempts)); terr != nil {
+			return r.storeFailed(rec, "release", err, terr)
+		}
+		r.res.Delay = due
+		return r.retryable(err)
+	}
+	ended := last.Status != 0
+	if r.e.Expired == ExpiredRetry {
+		due := r.dueIn(after, rec.Claims)
+		if _, terr := r.x.store.Transition(bg, withEvidence(ReleaseUnknown(rec.Key, rec.Token, err.Error(), due, ended), attempts)); terr != nil {
+			return r.storeFailed(rec, "release", err, terr)
+		}
+		r.res.Delay = due
+		return r.retryable(err)
+	}
+	return r.park(bg, rec, err, ended)
+}
+
+func withEvidence(c Change, attempts []Attempt) Change {
+	c.Evidence = attempts
+	return c
+}
+
+func (r *runner[In, Out]) retryable(cause error) (Result[Out], error) {
+	return r.fail(OutcomeRetryable, fmt.Errorf("idempotency: %s: %w: %w", r.e.Name, ErrRetryable, cause))
+}
+
+// storeFailed reports a store error met while recording a failed attempt:
+// the claim stays held until its lease ends.
+func (r *runner[In, Out]) storeFailed(rec Record, op string, cause, err error) (Result[Out], error) {
+	if errors.Is(err, ErrClaimLost) {
+		return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: %s after %w: %w", r.e.Name, op, cause, err))
+	}
+	return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: %s after %v: %w", r.e.Name, op, cause, err))
+}
+
+// dueIn is how long a released record waits: the provider's delay or the
+// policy's backoff for the record's claims, whichever is longer.
+func (r *runner[In, Out]) dueIn(after time.Duration, claims int) time.Duration {
+	p := r.pol
+	if p.RunBackoff <= 0 {
+		return after
+	}
+	d := p.RunBackoff
+	for i := 1; i < claims && d < p.MaxRunBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, p.MaxRunBackoff)
+	d = time.Duration(float64(d) * (0.8 + 0.4*rand.Float64())) // ±20% jitter
+	return max(d, after)
+}
+
+// park leaves the record in doubt. An effect with Find settles it on a later
+// run (retryable); without Find an operator must (needs reconciliation).
+func (r *runner[In, Out]) park(bg context.Context, rec Record, cause error, ended bool) (Result[Out], error) {
+	c := withEvidence(Park(rec.Key, rec.Token, cause.Error(), ended), r.res.Attempts)
+	if _, err := r.x.store.Transition(bg, c); err != nil {
+		return r.storeFailed(rec, "park", cause, err)
+	}
+	if r.e.Find != nil {
+		return r.fail(OutcomeRetryable, fmt.Errorf("idempotency: %s: %w: in doubt, a later run asks the provider: %w", r.e.Name, ErrRetryable, cause))
+	}
+	return r.fail(OutcomeNeedsReconciliation, fmt.Errorf("idempotency: %s: %w: %w", r.e.Name, ErrNeedsReconciliation, cause))
+}
+
+func (r *runner[In, Out]) failed(bg context.Context, rec Record, class Class, out Out, cause error) (Result[Out], error) {
+	c := withEvidence(Fail(rec.Key, rec.Token, cause.Error()), r.res.Attempts)
+	if r.e.OnFail != nil {
+		c.Hook = func(ctx context.Context) error { return r.e.OnFail(ctx, r.in, cause) }
+	}
+	stored, err := r.x.store.Transition(bg, c)
+	if err != nil {
+		// Not recorded: the claim stays held until its lease ends; the
+		// provider did nothing.
+		return r.storeFailed(rec, "fail", cause, err)
+	}
+	r.res.Record = stored
+	if class == ClassMismatch {
+		return r.fail(OutcomeMismatch, fmt.Errorf("idempotency: %s: provider: %w", r.e.Name, cause))
+	}
+	return r.fail(OutcomePermanent, fmt.Errorf("idempotency: %s: %w", r.e.Name, cause))
+}
+
+// complete records a success (or a skip) under the held claim.
+func (r *runner[In, Out]) complete(bg context.Context, rec Record, out Out, skipped bool, attempts []Attempt) (Result[Out], error) {
+	enc, err := r.codec.Encode(out)
+	if err != nil {
+		// The effect happened but cannot be recorded: never an applied
+		// record without its result, and never a blind retry.
+		perr := fmt.Errorf("%w: %w", ErrEncodeResult, err)
+		res, rerr := r.park(bg, rec, perr, true)
+		if res.Outcome == OutcomeRetryable || res.Outcome == OutcomeNeedsReconciliation {
+			return r.fail(OutcomeNeedsReconciliation, fmt.Errorf("idempotency: %s: %w: %w", r.e.Name, ErrNeedsReconciliation, perr))
+		}
+		return res, rerr
+	}
+	c := Complete(rec.Key, rec.Token, enc)
+	outcome := OutcomeApplied
+	if skipped {
+		c, outcome = CompleteSkipped(rec.Key, rec.Token, enc), OutcomeSkipped
+	}
+	c = withEvidence(c, attempts)
+	if r.e.OnComplete != nil {
+		c.Hook = func(ctx context.Context) error { return r.e.OnComplete(ctx, r.in, out) }
+	}
+	stored, err := r.x.store.Transition(bg, c)
+	switch {
+	case err == nil:
+		r.res.Record, r.res.Value, r.res.Outcome = stored, out, outcome
+		return r.res, nil
+	case errors.Is(err, ErrClaimLost) && !skipped:
+		return r.recover(bg, rec, out, enc, c.Hook, err)
+	}
+	if !skipped {
+		r.lost = enc // the success is not recorded: keep it in the log
+	}
+	return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: complete: %w", r.e.Name, err))
+}
+
+// recover records a success whose completion was refused: the claim was
+// lost (its lease expired and someone took over, or an operator settled
+// the record). The provider acted, so the success must not be lost: it is
+// recorded unless a live claim holds the key (its holder will record the
+// same, deduplicated, result) or the record already says something.
+func (r *runner[In, Out]) recover(bg context.Context, rec Record, out Out, enc []byte, hook func(context.Context) error, lost error) (Result[Out], error) {
+	c := withEvidence(Recover(rec.Key, rec.Token, r.key.Namespace(), r.fp, enc), r.res.Attempts)
+	c.Hook = hook
+	cur, err := r.x.store.Transition(bg, c)
+	r.res.Record = cur
+	switch {
+	case err == nil:
+		r.res.Value, r.res.Outcome = out, OutcomeApplied
+		return r.res, nil
+	case errors.Is(err, ErrClaimLive):
+		r.res.Outcome, r.res.Delay = OutcomeInFlight, r.until(cur.LeaseUntil)
+		return r.res, nil
+	case errors.Is(err, ErrClaimLost) && cur.State.Done() && bytes.Equal(cur.Result, enc):
+		r.res.Value, r.res.Outcome = out, OutcomeAlreadyApplied
+		return r.res, nil
+	}
+	r.lost = enc
+	le := &LostResultError{Key: rec.Key, Result: enc, Current: cur}
+	return r.fail(OutcomeNeedsReconciliation, fmt.Errorf("idempotency: %s: %w (complete: %v; recover: %v)", r.e.Name, le, lost, err))
+}
+
+// reconcile asks the provider about a record in doubt, under the claim the
+// store handed over in StateReconciling: found, the record is applied with
+// no call; not found, it is sent again under a new provider-key generation.
+func (r *runner[In, Out]) reconcile(ctx context.Context, rec Record) (Result[Out], error) {
+	r.res.Reconciled = true
+	bg := context.WithoutCancel(ctx)
+	out, found, err := r.e.Find(ctx, r.key, r.in)
+	if err != nil {
+		_, after := Classify(err)
+		c := Park(rec.Key, rec.Token, "find: "+err.Error(), true)
+		c.DueIn = r.dueIn(after, rec.Claims)
+		if _, terr := r.x.store.Transition(bg, c); terr != nil {
+			return r.storeFailed(rec, "park after find", err, terr)
+		}
+		r.res.Delay = c.DueIn
+		return r.fail(OutcomeRetryable, fmt.Errorf("idempotency: %s: %w: find: %w", r.e.Name, ErrRetryable, err))
+	}
+	if found {
+		enc, err := r.codec.Encode(out)
+		if err != nil {
+			return r.park(bg, rec, fmt.Errorf("found at the provider: %w: %w", ErrEncodeResult, err), true)
+		}
+		c := Found(rec.Key, rec.Token, enc)
+		if r.e.OnComplete != nil {
+			c.Hook = func(ctx context.Context) error { return r.e.OnComplete(ctx, r.in, out) }
+		}
+		stored, err := r.x.store.Transition(bg, c)
+		if err != nil {
+			return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: record found: %w", r.e.Name, err))
+		}
+		r.res.Record, r.res.Value, r.res.Outcome = stored, out, OutcomeReconciled
+		return r.res, nil
+	}
+	next, err := r.x.store.Transition(bg, Resend(rec.Key, rec.Token, r.lease, r.e.DedupWindow))
+	if err != nil {
+		return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: resend: %w", r.e.Name, err))
+	}
+	return r.execute(ctx, next)
 }
