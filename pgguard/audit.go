@@ -208,10 +208,13 @@ type auditQuery struct {
 //	  ON t.k0 = d.k0
 //	ORDER BY d.k0, ..., t.o0, ..., t.r
 //
-// Every name is quoted; the aliases are pgguard's own. Each group's key
-// comes from the GROUP BY, one value per group, so the rows of a group carry
-// the same bytes in d.k0, ... even when PostgreSQL deems different texts
-// equal (numeric 1.0 and 1.00): run splits groups where those bytes change.
+// Rows with a NULL key never join (NULL = NULL is not true), as the index
+// treats NULLs as distinct; the IS NOT NULL only keeps them out of the
+// grouping. Every name is quoted; the aliases are pgguard's own. Each
+// group's key comes from the GROUP BY, one value per group, so the rows of
+// a group carry the same bytes in d.k0, ... even when PostgreSQL deems
+// different texts equal (numeric 1.0 and 1.00): run splits groups where
+// those bytes change.
 func (g Guard) auditQuery(cat *catalog, o *AuditOptions) (*auditQuery, error) {
 	order := o.OrderBy
 	if len(order) == 0 {

@@ -469,3 +469,23 @@ func (n planNode) String() string {
 	}
 	return s
 }
+
+// Keys equal under the column's equality but written differently (numeric
+// 1.0 and 1.00) are one group, as the index would see them.
+func TestAuditGroupsKeysThatCompareEqual(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.Pool(t)
+	_, err := pool.Exec(ctx, `CREATE TABLE credits (id int PRIMARY KEY, amount numeric NOT NULL, status text NOT NULL)`)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `INSERT INTO credits VALUES (1, 1.0, 'applied'), (2, 2, 'applied'), (3, 1.00, 'applied'), (4, 2.000, 'revoked')`)
+	require.NoError(t, err)
+	g := pgguard.Guard{Table: "credits", Columns: []string{"amount"}, StatusColumn: "status",
+		ActiveStatuses: []string{"applied"}, IndexName: "uq_credits_active"}
+
+	groups, err := pgguard.Audit(ctx, pool, g, &pgguard.AuditOptions{Columns: []string{"id"}})
+	require.NoError(t, err)
+	require.Len(t, groups, 1)
+	_, rows := shape(groups, "id")
+	require.Equal(t, [][]any{{int32(1), int32(3)}}, rows)
+}

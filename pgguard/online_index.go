@@ -67,8 +67,11 @@ const maxIndexRounds = 4
 // call), a *pgxpool.Conn or a *pgx.Conn, outside a transaction: CREATE
 // INDEX CONCURRENTLY cannot run in one. A pgx.Tx, or a connection inside a
 // transaction block, is refused with ErrInTransaction before anything is
-// sent; any other DBTX is ErrUnsupportedDB. A table or column the database
-// does not have is a *CatalogError.
+// sent; any other DBTX is ErrUnsupportedDB. The advisory lock belongs to
+// the session, so connect directly or through a pooler in session mode: a
+// PgBouncer in transaction mode may run the lock and the unlock on
+// different server connections. A table or column the database does not
+// have is a *CatalogError.
 //
 // The build waits for every transaction that is writing to the table, and
 // then for every transaction in the database whose snapshot is older than

@@ -70,25 +70,30 @@ func rawConcurrentBuild(t *testing.T) string {
 
 func TestCreateIndexConcurrentlyBuildsOnACleanTable(t *testing.T) {
 	t.Parallel()
-	for name, handle := range map[string]func(t *testing.T, b *auditBundle) (pgguard.DBTX, func()){
-		"Pool": func(t *testing.T, b *auditBundle) (pgguard.DBTX, func()) { return b.pool, func() {} },
-		"PoolConn": func(t *testing.T, b *auditBundle) (pgguard.DBTX, func()) {
+	pool := func(t *testing.T, b *auditBundle) (pgguard.DBTX, func()) { return b.pool, func() {} }
+	for name, tc := range map[string]struct {
+		mode   pgx.QueryExecMode
+		handle func(t *testing.T, b *auditBundle) (pgguard.DBTX, func())
+	}{
+		"Pool":               {pgx.QueryExecModeCacheStatement, pool},
+		"PoolSimpleProtocol": {pgx.QueryExecModeSimpleProtocol, pool},
+		"PoolConn": {pgx.QueryExecModeCacheStatement, func(t *testing.T, b *auditBundle) (pgguard.DBTX, func()) {
 			c, err := b.pool.Acquire(b.ctx)
 			require.NoError(t, err)
 			return c, c.Release
-		},
-		"Conn": func(t *testing.T, b *auditBundle) (pgguard.DBTX, func()) {
+		}},
+		"Conn": {pgx.QueryExecModeCacheStatement, func(t *testing.T, b *auditBundle) (pgguard.DBTX, func()) {
 			c, err := b.pool.Acquire(b.ctx)
 			require.NoError(t, err)
 			return c.Conn(), c.Release
-		},
+		}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			b := setupAudit(t, pgx.QueryExecModeCacheStatement)
+			b := setupAudit(t, tc.mode)
 			// Exempt and NULL-status rows may share a key with an active one.
 			b.insert(t, discount{1, "applied", 0}, discount{1, "revoked", 1}, discount{1, "revoked", 2}, discount{1, "", 3}, discount{2, "skipped", 0})
-			db, done := handle(t, b)
+			db, done := tc.handle(t, b)
 			res, err := pgguard.CreateIndexConcurrently(b.ctx, db, loyalty)
 			require.NoError(t, err)
 			require.Equal(t, pgguard.IndexResult{Created: true}, res)
