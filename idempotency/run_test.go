@@ -32,7 +32,7 @@ type provider struct {
 	byBase  map[string]string // business key -> object id
 	calls   int
 	keys    []string
-	fail    []error // errors returned by the next calls, in order
+	fail    []error                   // errors returned by the next calls, in order
 	obs     []idempotency.Observation // answers observed by the next calls, in order
 	// before, when set, runs at the start of each call, outside the lock.
 	before func(n int)

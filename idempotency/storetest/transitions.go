@@ -11,16 +11,18 @@ import (
 // holderChanges builds the change of each holder rule of
 // idempotency.Transitions, by the rule's name.
 var holderChanges = map[string]func(key string, token int64) idempotency.Change{
-	"mark-calling":    idempotency.MarkCalling,
-	"extend":          func(k string, t int64) idempotency.Change { return idempotency.Extend(k, t, 2*lease) },
-	"complete":        func(k string, t int64) idempotency.Change { return idempotency.Complete(k, t, []byte(`"r"`)) },
-	"skip":            func(k string, t int64) idempotency.Change { return idempotency.CompleteSkipped(k, t, []byte(`null`)) },
-	"found":           func(k string, t int64) idempotency.Change { return idempotency.Found(k, t, []byte(`"found"`)) },
-	"resend":          func(k string, t int64) idempotency.Change { return idempotency.Resend(k, t, lease, window) },
-	"fail":            func(k string, t int64) idempotency.Change { return idempotency.Fail(k, t, "refused") },
-	"release":         func(k string, t int64) idempotency.Change { return idempotency.Release(k, t, "429", later) },
-	"release-unknown": func(k string, t int64) idempotency.Change { return idempotency.ReleaseUnknown(k, t, "503", later, true) },
-	"park":            func(k string, t int64) idempotency.Change { return idempotency.Park(k, t, "replayed 500", true) },
+	"mark-calling": idempotency.MarkCalling,
+	"extend":       func(k string, t int64) idempotency.Change { return idempotency.Extend(k, t, 2*lease) },
+	"complete":     func(k string, t int64) idempotency.Change { return idempotency.Complete(k, t, []byte(`"r"`)) },
+	"skip":         func(k string, t int64) idempotency.Change { return idempotency.CompleteSkipped(k, t, []byte(`null`)) },
+	"found":        func(k string, t int64) idempotency.Change { return idempotency.Found(k, t, []byte(`"found"`)) },
+	"resend":       func(k string, t int64) idempotency.Change { return idempotency.Resend(k, t, lease, window) },
+	"fail":         func(k string, t int64) idempotency.Change { return idempotency.Fail(k, t, "refused") },
+	"release":      func(k string, t int64) idempotency.Change { return idempotency.Release(k, t, "429", later) },
+	"release-unknown": func(k string, t int64) idempotency.Change {
+		return idempotency.ReleaseUnknown(k, t, "503", later, true)
+	},
+	"park": func(k string, t int64) idempotency.Change { return idempotency.Park(k, t, "replayed 500", true) },
 }
 
 // stateSeeds bring a key to each active state, held by the suite where the
