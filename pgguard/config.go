@@ -61,6 +61,9 @@ const (
 	sufStuck       = "_stuck"
 	sufStatusCheck = "_status_check"
 	sufResultCheck = "_result_check"
+	sufStateCheck  = "_state_check"
+	sufExempt      = "_exempt"
+	sufFinished    = "_finished"
 	sufMigrations  = "_migrations"
 	maxSuffixLen   = len(sufStatusCheck) // the longest of the above
 	maxTableLen    = maxIdentLen - maxSuffixLen
@@ -117,6 +120,9 @@ func (c *Config) resolve() (*names, error) {
 			DefaultTable + sufStuck:       local(cfg.Table + sufStuck),
 			DefaultTable + sufStatusCheck: local(cfg.Table + sufStatusCheck),
 			DefaultTable + sufResultCheck: local(cfg.Table + sufResultCheck),
+			DefaultTable + sufStateCheck:  local(cfg.Table + sufStateCheck),
+			DefaultTable + sufExempt:      local(cfg.Table + sufExempt),
+			DefaultTable + sufFinished:    local(cfg.Table + sufFinished),
 		},
 	}
 	h := fnv.New64a()

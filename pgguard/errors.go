@@ -34,6 +34,12 @@ var (
 // a key being rewritten continuously; the call may simply be repeated.
 var ErrClaimContention = errors.New("pgguard: claim kept meeting concurrent changes to the key")
 
+// ErrNoTx is returned by a hook built with OnComplete or OnFail when it runs
+// without pgguard's transaction: the effect's executor uses another store
+// (idempotency.MemStore has no transaction). Nothing is recorded, and
+// nothing panics.
+var ErrNoTx = errors.New("pgguard: the hook ran without a pgguard ledger transaction (the executor's store is not a pgguard.Store)")
+
 // IdentifierError reports a configured name that cannot be used as a
 // PostgreSQL identifier. Names are always double-quoted in SQL, so spaces,
 // quotes, upper case and reserved words are fine; what is rejected is what

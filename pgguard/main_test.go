@@ -10,7 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/effectonce/effectonce/idempotency"
-	"github.com/effectonce/effectonce/idempotency/storetest"
+	"github.com/effectonce/effectonce/idempotency/clocktest"
 	"github.com/effectonce/effectonce/internal/pgtest"
 	"github.com/effectonce/effectonce/pgguard"
 )
@@ -24,7 +24,7 @@ type bundle struct {
 	pool   *pgxpool.Pool
 	schema string // the test's schema (the pool's search_path)
 	store  *pgguard.Store
-	clock  *storetest.Clock
+	clock  *clocktest.Clock
 }
 
 type setupOpts struct {
@@ -45,7 +45,7 @@ func setup(t *testing.T, o *setupOpts) *bundle {
 		}
 	})
 	ctx := context.Background()
-	clock := storetest.NewClock()
+	clock := clocktest.New()
 	cfg := pgguard.Config{}
 	if o.cfg != nil {
 		cfg = *o.cfg

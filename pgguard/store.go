@@ -2,8 +2,11 @@ package pgguard
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -13,15 +16,15 @@ import (
 	"github.com/effectonce/effectonce/idempotency"
 )
 
-// Store is the PostgreSQL ledger: an idempotency.Store over one table
-// created by Migrate. It is safe for concurrent use by many goroutines and
-// many processes; the table's partial unique index, not the Go code, is
-// what keeps one active record per key.
+// Store is the PostgreSQL ledger: an idempotency.Store and
+// idempotency.Operator over one table created by Migrate. It is safe for
+// concurrent use by many goroutines and many processes; the table's partial
+// unique index, not the Go code, is what keeps one active record per key.
 //
-// Round trips: Claim, Complete (without a hook), Release, Fail, Settle,
-// Revoke, Lookup and ListStuck are one statement each. Complete with a hook
-// adds BEGIN and COMMIT (SAVEPOINT and RELEASE inside a caller's
-// transaction) around the hook's own statements.
+// Round trips: Claim, Transition (without a hook), Lookup, Settle, Revoke,
+// History and ListStuck are one statement each. A change with a hook adds
+// BEGIN and COMMIT (SAVEPOINT and RELEASE inside a caller's transaction)
+// around the hook's own statements; Recover, rare, is a short transaction.
 type Store struct {
 	db DBTX
 	n  *names
@@ -32,7 +35,10 @@ type Store struct {
 	claimRetries atomic.Int64
 }
 
-var _ idempotency.Store = (*Store)(nil)
+var (
+	_ idempotency.Store    = (*Store)(nil)
+	_ idempotency.Operator = (*Store)(nil)
+)
 
 // New returns a Store over db, which may be a pool, a connection or a
 // transaction (see DBTX). cfg may be nil. It validates the configuration and
@@ -63,13 +69,13 @@ func (s *Store) WithDB(db DBTX) (*Store, error) {
 // maxClaimTries bounds the claim statement's re-runs (see Claim).
 const maxClaimTries = 5
 
-// activeStatuses is the partial unique index's predicate. The claim's
+// activePredicate is the partial unique index's predicate. The claim's
 // ON CONFLICT clause must repeat it exactly, or PostgreSQL cannot infer the
 // arbiter index (SQLSTATE 42P10).
-const activeStatuses = `status IN ('pending', 'applied', 'skipped')`
+const activePredicate = `state NOT IN ('failed', 'revoked')`
 
 // recordCols are the columns scanned into an idempotency.Record, in order.
-const recordCols = `key, namespace, status, fingerprint, result, token, attempts, lease_until, parked, call_started, reason, first_claimed_at, updated_at`
+const recordCols = `key, namespace, state, prev_state, fingerprint, result, token, claims, generation, lease_until, due_at, dedup_until, evidence, reason, first_claimed_at, updated_at`
 
 // nowParam renders "now" for a statement: the clock parameter when the
 // configuration has a clock, the database's clock_timestamp() otherwise.
@@ -77,24 +83,44 @@ func nowParam(p string) string {
 	return "coalesce(" + p + "::timestamptz, clock_timestamp())"
 }
 
+// micro renders a duration parameter given in microseconds as an interval.
+func micro(p string) string { return "(" + p + "::bigint * interval '1 microsecond')" }
+
 type queries struct {
-	claim, complete, markCalling, release, fail, settle, revoke, lookup, listStuck string
+	claim, transition, settleWhy, revoke, lookup, listStuck, history, recoverRead, recoverUpdate, recoverInsert string
 }
 
-// takeOver renders the takeover rule for the row alias r at time now: a
-// pending, unparked record with the same fingerprint, first claimed within
-// the request's window, that was released or whose lease expired while the
-// request allows takeover (and, with OnlyUncalled, whose call never
-// started). Parameters:
-// $3 fingerprint, $5 takeover, $6 window in microseconds, $8 only uncalled.
-func takeOver(r, now string) string {
-	return strings.NewReplacer("r.", r+".", "NOW", now).Replace(
-		`r.status = 'pending' AND NOT r.parked
-		AND r.fingerprint IS NOT DISTINCT FROM $3::bytea
-		AND ($6::bigint <= 0 OR r.first_claimed_at > NOW - $6::bigint * interval '1 microsecond')
-		AND (r.lease_until IS NULL
-			OR (r.lease_until <= NOW AND $5::boolean AND NOT ($8::boolean AND r.call_started)))`)
+// verdict renders idempotency.Decide in SQL for the row alias r at time now.
+// Claim parameters: $3 fingerprint, $4 lease (µs), $5 takeover, $6 window
+// (µs), $9 reconcile. storetest's verdict table checks it against Decide.
+func verdict(r, now string) string {
+	return strings.NewReplacer("r.", r+".", "NOW", now, "LEASE", micro("$4"), "DEADLINE", deadline(r)).Replace(`CASE
+		WHEN r.fingerprint IS DISTINCT FROM $3::bytea THEN 'mismatch'
+		WHEN r.state IN ('applied', 'skipped') THEN 'done'
+		WHEN r.state IN ('claimed', 'calling', 'reconciling') AND NOW < r.lease_until THEN 'in_flight'
+		WHEN r.state = 'claimed' THEN 'acquired'
+		WHEN r.state = 'released' AND NOW < r.due_at THEN 'not_due'
+		WHEN r.state = 'released' THEN 'acquired'
+		WHEN r.state = 'unknown' AND NOW < r.due_at THEN 'not_due'
+		WHEN r.state IN ('calling', 'unknown') AND $5::boolean
+			AND (DEADLINE IS NULL OR NOW + LEASE <= DEADLINE) THEN 'acquired'
+		WHEN NOT $9::boolean THEN 'in_doubt'
+		WHEN NOW < r.due_at OR NOW < r.lease_until THEN 'not_due'
+		ELSE 'reconcile'
+	END`)
 }
+
+// deadline renders idempotency.DedupDeadline for the row alias r: the stored
+// deadline, or for a record stored without one (version 1) its first claim
+// plus the request's window ($6, µs).
+func deadline(r string) string {
+	return `(CASE WHEN ` + r + `.dedup_until IS NOT NULL OR $6::bigint <= 0 THEN ` + r + `.dedup_until
+		ELSE ` + r + `.first_claimed_at + ` + micro("$6") + ` END)`
+}
+
+// evidenceTrim keeps the last idempotency.MaxEvidence entries of a jsonb
+// array (a lax jsonpath: a shorter array is kept whole).
+var evidenceTrim = `'$[last-` + strconv.Itoa(idempotency.MaxEvidence-1) + ` to last]'`
 
 func buildQueries(n *names) *queries {
 	t := n.table
@@ -102,112 +128,172 @@ func buildQueries(n *names) *queries {
 
 	// Claim or fetch in one statement. Parameters: $1 key, $2 namespace,
 	// $3 fingerprint, $4 lease (µs), $5 takeover, $6 window (µs), $7 now,
-	// $8 only uncalled.
+	// $8 track, $9 reconcile.
 	//
 	//  - clock: "now", read once (MATERIALIZED: clock_timestamp() is
 	//    volatile and every branch must agree on it).
-	//  - cur: the active row as the statement's snapshot sees it, and
-	//    whether the takeover rule frees it.
-	//  - ins: runs only when there is no row or the row looks free, so a
-	//    repeat of a finished or live key writes and locks nothing. On a
-	//    conflict, DO UPDATE re-checks the takeover rule on the latest
-	//    committed version of the row (which it locks); the WHERE makes a
-	//    non-takeover a no-op that leaves no dead tuple. The token comes
-	//    from the sequence once per attempt and is reused by the takeover,
-	//    which also clears call_started.
-	//  - the result: the inserted or taken-over row (acquired), else the
-	//    snapshot's row. No row, or a snapshot row that looked free although
+	//  - cur: the active row as the statement's snapshot sees it, with its
+	//    verdict (idempotency.Decide).
+	//  - ins: runs only when there is no row or the verdict acquires it, so
+	//    a repeat of a finished or live key writes and locks nothing. On a
+	//    conflict, DO UPDATE decides again on the latest committed version
+	//    of the row (which it locks); the WHERE makes anything but an
+	//    acquisition a no-op that leaves no dead tuple. The token comes
+	//    from the sequence once per statement and is reused by a takeover.
+	//  - the result: the inserted or taken-over row, else the snapshot's
+	//    row. No row, or a snapshot row whose verdict acquired although
 	//    ins did not take it, means the row changed after the snapshot: the
 	//    caller re-runs the statement (see Claim).
 	q.claim = `WITH clock AS MATERIALIZED (
 	SELECT ` + nowParam("$7") + ` AS now
 ), cur AS (
-	SELECT l.key, l.namespace, l.status, l.fingerprint, l.result, l.token, l.attempts, l.lease_until,
-		l.parked, l.call_started, l.reason, l.first_claimed_at, l.updated_at,
-		` + takeOver("l", "clock.now") + ` AS free,
-		l.status = 'pending' AND (l.parked OR l.lease_until IS NULL OR l.lease_until <= clock.now) AS stuck
+	SELECT ` + prefixed("l", recordCols) + `, ` + verdict("l", "clock.now") + ` AS verdict
 	FROM ` + t + ` AS l, clock
-	WHERE l.key = $1::text AND l.` + activeStatuses + `
+	WHERE l.key = $1::text AND l.` + activePredicate + `
 ), ins AS (
-	INSERT INTO ` + t + ` AS l (key, namespace, status, fingerprint, token, attempts, lease_until, parked, first_claimed_at, updated_at)
-	SELECT $1::text, $2::text, 'pending', $3::bytea, nextval(` + n.seqLiteral + `), 1,
-		clock.now + $4::bigint * interval '1 microsecond', false, clock.now, clock.now
+	INSERT INTO ` + t + ` AS l (key, namespace, state, fingerprint, token, claims, generation, lease_until, dedup_until, first_claimed_at, updated_at)
+	SELECT $1::text, $2::text, CASE WHEN $8::boolean THEN 'claimed' ELSE 'calling' END, $3::bytea, nextval(` + n.seqLiteral + `), 1, 1,
+		clock.now + ` + micro("$4") + `, CASE WHEN $6::bigint > 0 THEN clock.now + ` + micro("$6") + ` END, clock.now, clock.now
 	FROM clock
-	WHERE NOT EXISTS (SELECT FROM cur WHERE NOT cur.free)
-	ON CONFLICT (key) WHERE ` + activeStatuses + `
-	DO UPDATE SET token = EXCLUDED.token, attempts = l.attempts + 1, lease_until = EXCLUDED.lease_until,
-		parked = false, call_started = false, updated_at = EXCLUDED.updated_at
-	WHERE ` + takeOver("l", "EXCLUDED.updated_at") + `
+	WHERE NOT EXISTS (SELECT FROM cur WHERE cur.verdict NOT IN ('acquired', 'reconcile'))
+	ON CONFLICT (key) WHERE ` + activePredicate + `
+	DO UPDATE SET
+		prev_state = l.state,
+		state = CASE
+			WHEN ` + verdict("l", "EXCLUDED.updated_at") + ` = 'reconcile' THEN 'reconciling'
+			WHEN l.state IN ('calling', 'unknown') THEN 'calling'
+			ELSE EXCLUDED.state END,
+		token = EXCLUDED.token, claims = l.claims + 1, lease_until = EXCLUDED.lease_until, due_at = NULL,
+		dedup_until = CASE WHEN l.state IN ('claimed', 'released') THEN EXCLUDED.dedup_until ELSE ` + deadline("l") + ` END,
+		updated_at = EXCLUDED.updated_at
+	WHERE ` + verdict("l", "EXCLUDED.updated_at") + ` IN ('acquired', 'reconcile')
 	RETURNING ` + recordCols + `
 )
-SELECT ` + recordCols + `, true AS acquired, false AS stuck, false AS free FROM ins
+SELECT ` + recordCols + `, CASE WHEN state = 'reconciling' THEN 'reconcile' ELSE 'acquired' END, false FROM ins
 UNION ALL
-SELECT ` + recordCols + `, false, stuck, free FROM cur WHERE NOT EXISTS (SELECT FROM ins)`
+SELECT ` + recordCols + `, verdict, verdict IN ('acquired', 'reconcile') FROM cur WHERE NOT EXISTS (SELECT FROM ins)`
 
-	// The fenced updates: only the holder of the current token of a pending
-	// record changes it.
-	held := ` WHERE key = $1::text AND token = $2::bigint AND status = 'pending'`
+	// The fenced change: only the holder of the current token, in a state
+	// the change may start from, changes the record. Parameters: $1 key,
+	// $2 token, $3 target state (NULL keeps it), $4 source states, $5
+	// result, $6 reason, $7 evidence (jsonb), $8 lease (µs, 0 keeps it),
+	// $9 due in (µs), $10 the attempt ended, $11 a new generation, $12 its
+	// window (µs), $13 now, $14 a live claim may be changed (holders: yes;
+	// an operator without Force: no).
+	q.transition = `WITH clock AS MATERIALIZED (SELECT ` + nowParam("$13") + ` AS now)
+UPDATE ` + t + ` AS l SET
+	prev_state = l.state,
+	state = coalesce($3::text, l.state),
+	result = CASE WHEN $3::text IN ('applied', 'skipped') THEN coalesce($5::bytea, '\x'::bytea)
+		WHEN $3::text = 'failed' THEN NULL ELSE l.result END,
+	lease_until = CASE
+		WHEN coalesce($3::text, l.state) IN ('claimed', 'calling', 'reconciling') THEN
+			CASE WHEN $8::bigint > 0 THEN clock.now + ` + micro("$8") + ` ELSE l.lease_until END
+		WHEN $3::text IN ('unknown', 'in_doubt') THEN CASE WHEN $10::boolean THEN NULL ELSE l.lease_until END
+		ELSE NULL END,
+	due_at = CASE WHEN $3::text IN ('released', 'unknown', 'in_doubt') AND $9::bigint > 0 THEN clock.now + ` + micro("$9") + ` END,
+	generation = l.generation + CASE WHEN $11::boolean THEN 1 ELSE 0 END,
+	dedup_until = CASE WHEN NOT $11::boolean THEN l.dedup_until
+		WHEN $12::bigint > 0 THEN clock.now + ` + micro("$12") + ` END,
+	reason = CASE WHEN $3::text IS NULL THEN l.reason ELSE NULLIF($6::text, '') END,
+	evidence = jsonb_path_query_array(l.evidence || $7::jsonb, ` + evidenceTrim + `),
+	updated_at = clock.now
+FROM clock
+WHERE l.key = $1::text AND l.token = $2::bigint AND l.state = ANY($4::text[])
+	AND ($14::boolean OR NOT (l.state IN ('claimed', 'calling', 'reconciling') AND clock.now < l.lease_until))
+RETURNING ` + prefixed("l", recordCols)
 
-	q.complete = `UPDATE ` + t + ` SET status = $3::text, result = $4::bytea, lease_until = NULL, parked = false,
-	reason = NULL, updated_at = ` + nowParam("$5") + held + `
-RETURNING ` + recordCols
+	// Why an operator's settlement wrote nothing: the active record, and
+	// whether a live claim holds it.
+	q.settleWhy = `SELECT ` + recordCols + `, state IN ('claimed', 'calling', 'reconciling') AND ` + nowParam("$2") + ` < lease_until
+FROM ` + t + ` WHERE key = $1::text AND ` + activePredicate
 
-	q.release = `UPDATE ` + t + ` SET lease_until = NULL, parked = $3::boolean,
-	call_started = call_started AND $3::boolean, reason = NULLIF($4::text, ''),
-	updated_at = ` + nowParam("$5") + held
-
-	q.markCalling = `UPDATE ` + t + ` SET call_started = true, updated_at = ` + nowParam("$3") + held
-
-	q.fail = `UPDATE ` + t + ` SET status = 'failed', result = NULL, lease_until = NULL, parked = false,
-	reason = NULLIF($3::text, ''), updated_at = ` + nowParam("$4") + held + `
-RETURNING ` + recordCols
-
-	q.settle = `UPDATE ` + t + ` SET status = $3::text, result = $4::bytea, lease_until = NULL, parked = false,
-	reason = NULLIF($5::text, ''), updated_at = ` + nowParam("$6") + held + `
-RETURNING ` + recordCols
-
-	q.revoke = `UPDATE ` + t + ` SET status = 'revoked', reason = NULLIF($2::text, ''), updated_at = ` + nowParam("$3") + `
-WHERE key = $1::text AND status IN ('applied', 'skipped')
+	q.revoke = `UPDATE ` + t + ` SET prev_state = state, state = 'revoked', reason = NULLIF($2::text, ''), updated_at = ` + nowParam("$3") + `
+WHERE key = $1::text AND state IN ('applied', 'skipped')
 RETURNING ` + recordCols
 
 	q.lookup = `SELECT ` + recordCols + ` FROM ` + t + `
-WHERE key = ANY($1::text[]) AND ` + activeStatuses
+WHERE key = ANY($1::text[]) AND ` + activePredicate
 
-	// ListStuck: parked or expired claims, and with a window ($4, µs)
-	// released claims first made at least that long ago.
+	// ListStuck: idempotency.Stuck in SQL.
 	q.listStuck = `WITH clock AS MATERIALIZED (SELECT ` + nowParam("$1") + ` AS now)
 SELECT ` + recordCols + ` FROM ` + t + `, clock
-WHERE status = 'pending'
-	AND (parked OR lease_until <= clock.now
-		OR ($4::bigint > 0 AND lease_until IS NULL
-			AND first_claimed_at <= clock.now - $4::bigint * interval '1 microsecond'))
+WHERE state IN ('claimed', 'calling', 'reconciling', 'unknown', 'in_doubt')
+	AND (state = 'in_doubt'
+		OR (state IN ('claimed', 'calling', 'reconciling') AND lease_until <= clock.now)
+		OR (state = 'unknown' AND dedup_until <= clock.now))
 	AND ($2::text = '' OR namespace = $2::text)
 ORDER BY first_claimed_at, id
 LIMIT $3::bigint`
+
+	// History: the active record and the exempt ones, each half on its
+	// own partial index.
+	q.history = `SELECT ` + recordCols + ` FROM (
+	SELECT id, ` + recordCols + ` FROM ` + t + ` WHERE key = $1::text AND ` + activePredicate + `
+	UNION ALL
+	SELECT id, ` + recordCols + ` FROM ` + t + ` WHERE key = $1::text AND state IN ('failed', 'revoked')
+) AS h ORDER BY id DESC`
+
+	// Recover, inside a transaction: the active record locked, and now.
+	q.recoverRead = `SELECT ` + recordCols + `, id, ` + nowParam("$2") + ` FROM ` + t + `
+WHERE key = $1::text AND ` + activePredicate + ` FOR UPDATE`
+	q.recoverUpdate = `UPDATE ` + t + ` SET prev_state = state, state = 'applied', result = $2::bytea,
+	token = nextval(` + n.seqLiteral + `), lease_until = NULL, due_at = NULL, reason = $3::text,
+	evidence = jsonb_path_query_array(evidence || $4::jsonb, ` + evidenceTrim + `), updated_at = $5::timestamptz
+WHERE id = $1::bigint
+RETURNING ` + recordCols
+	q.recoverInsert = `INSERT INTO ` + t + ` (key, namespace, state, fingerprint, result, token, claims, generation, evidence, reason, first_claimed_at, updated_at)
+VALUES ($1::text, $2::text, 'applied', $3::bytea, $4::bytea, nextval(` + n.seqLiteral + `), 1, 1,
+	jsonb_path_query_array($5::jsonb, ` + evidenceTrim + `), $6::text, ` + nowParam("$7") + `, ` + nowParam("$7") + `)
+ON CONFLICT (key) WHERE ` + activePredicate + ` DO NOTHING
+RETURNING ` + recordCols
 	return q
+}
+
+// prefixed qualifies every column of cols with the alias a.
+func prefixed(a, cols string) string {
+	parts := strings.Split(cols, ", ")
+	for i, p := range parts {
+		parts[i] = a + "." + p
+	}
+	return strings.Join(parts, ", ")
 }
 
 // scanRecord scans recordCols plus extra destinations.
 func scanRecord(row pgx.Row, extra ...any) (idempotency.Record, error) {
 	var (
-		r      idempotency.Record
-		status string
-		lease  *time.Time
-		reason *string
+		r                      idempotency.Record
+		state                  string
+		prev, reason           *string
+		lease, due, dedupUntil *time.Time
+		evidence               []byte
 	)
-	dest := append([]any{&r.Key, &r.Namespace, &status, &r.Fingerprint, &r.Result, &r.Token, &r.Attempts,
-		&lease, &r.Parked, &r.CallStarted, &reason, &r.FirstClaimedAt, &r.UpdatedAt}, extra...)
+	dest := append([]any{&r.Key, &r.Namespace, &state, &prev, &r.Fingerprint, &r.Result, &r.Token, &r.Claims,
+		&r.Generation, &lease, &due, &dedupUntil, &evidence, &reason, &r.FirstClaimedAt, &r.UpdatedAt}, extra...)
 	if err := row.Scan(dest...); err != nil {
 		return idempotency.Record{}, err
 	}
-	r.Status = idempotency.Status(status)
-	if lease != nil {
-		r.LeaseUntil = *lease
+	r.State = idempotency.State(state)
+	if prev != nil {
+		r.PrevState = idempotency.State(*prev)
 	}
+	r.LeaseUntil, r.DueAt, r.DedupUntil = deref(lease), deref(due), deref(dedupUntil)
 	if reason != nil {
 		r.Reason = *reason
 	}
+	if len(evidence) > 2 { // "[]" is no evidence
+		if err := json.Unmarshal(evidence, &r.Evidence); err != nil {
+			return idempotency.Record{}, fmt.Errorf("evidence of %s: %w", r.Namespace, err)
+		}
+	}
 	return r, nil
+}
+
+func deref(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return *t
 }
 
 func micros(d time.Duration) int64 {
@@ -215,6 +301,16 @@ func micros(d time.Duration) int64 {
 		return 0
 	}
 	return int64(max(1, (d+time.Microsecond-1)/time.Microsecond))
+}
+
+// evidenceJSON encodes attempts as a jsonb parameter. It is sent as text, so
+// that every query execution mode (the simple protocol too) reads it as JSON.
+func evidenceJSON(attempts []idempotency.Attempt) (string, error) {
+	if len(attempts) == 0 {
+		return "[]", nil
+	}
+	b, err := json.Marshal(attempts)
+	return string(b), err
 }
 
 // Claim implements idempotency.Store in one statement (see the package
@@ -241,14 +337,20 @@ func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempo
 		fp = nil // no fingerprint is NULL, whether nil or empty
 	}
 	for try := 1; ; try++ {
-		var c idempotency.Claim
-		var free bool
+		var (
+			c       idempotency.Claim
+			verdict string
+			stale   bool
+		)
 		rec, err := scanRecord(s.db.QueryRow(ctx, s.q.claim,
-			req.Key, req.Namespace, fp, micros(req.Lease), req.TakeOver, micros(req.Window), s.n.clock(), req.OnlyUncalled),
-			&c.Acquired, &c.Stuck, &free)
+			req.Key, req.Namespace, fp, micros(req.Lease), req.TakeOver, micros(req.Window), s.n.clock(), req.Track, req.Reconcile),
+			&verdict, &stale)
 		switch {
-		case err == nil && !free:
-			c.Record = rec
+		case err == nil && !stale:
+			c.Record, c.Verdict = rec, parseVerdict(verdict)
+			if c.Verdict == 0 {
+				return idempotency.Claim{}, fmt.Errorf("pgguard: claim %s: unknown verdict %q", req.Namespace, verdict)
+			}
 			return c, nil
 		case err != nil && !errors.Is(err, pgx.ErrNoRows):
 			return idempotency.Claim{}, wrapErr(ctx, "claim "+req.Namespace, err)
@@ -264,33 +366,60 @@ func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempo
 	}
 }
 
-// Complete implements idempotency.Store. Without a hook it is one UPDATE
-// fenced by the token. With a hook it opens a transaction (a savepoint when
-// the Store runs on a pgx.Tx), runs the same UPDATE, calls the hook with
-// that pgx.Tx, and commits; if the hook fails, everything is rolled back,
-// the claim stays pending and held, and the hook's error is returned
-// wrapped. An applied record must carry a result: a nil Result with
-// StatusApplied is refused before anything is written (the table's CHECK
-// constraint refuses it too).
-func (s *Store) Complete(ctx context.Context, req idempotency.CompleteRequest) (idempotency.Record, error) {
-	switch {
-	case req.Status != idempotency.StatusApplied && req.Status != idempotency.StatusSkipped:
-		return idempotency.Record{}, fmt.Errorf("pgguard: complete: status %q is not applied or skipped", req.Status)
-	case req.Status == idempotency.StatusApplied && req.Result == nil:
-		return idempotency.Record{}, errors.New("pgguard: complete: an applied record needs a result")
+func parseVerdict(s string) idempotency.Verdict {
+	for v := idempotency.VerdictAcquired; v <= idempotency.VerdictInDoubt; v++ {
+		if v.String() == s {
+			return v
+		}
 	}
-	if req.Hook == nil {
-		return s.fenced(ctx, s.db, "complete", s.q.complete, req.Key, req.Token, string(req.Status), req.Result, s.n.clock())
-	}
-
-	return s.inTx(ctx, "complete", req.Hook, func(tx pgx.Tx) (idempotency.Record, error) {
-		return s.fenced(ctx, tx, "complete", s.q.complete, req.Key, req.Token, string(req.Status), req.Result, s.n.clock())
-	})
+	return 0
 }
 
-// fenced runs a token-fenced UPDATE ... RETURNING; no row is ErrClaimLost.
-func (s *Store) fenced(ctx context.Context, db DBTX, op, sql string, args ...any) (idempotency.Record, error) {
-	rec, err := scanRecord(db.QueryRow(ctx, sql, args...))
+// Transition implements idempotency.Store. Without a hook it is one UPDATE
+// fenced by the token and the states the change may start from. With a hook
+// it opens a transaction (a savepoint when the Store runs on a pgx.Tx), runs
+// the same UPDATE, calls the hook with that transaction in its context
+// (TxFrom, or the typed adapters OnComplete and OnFail), and commits; if the
+// hook fails, everything is rolled back, the claim stays held, and the
+// hook's error is returned wrapped.
+func (s *Store) Transition(ctx context.Context, c idempotency.Change) (idempotency.Record, error) {
+	if err := c.Validate(); err != nil {
+		return idempotency.Record{}, fmt.Errorf("pgguard: %w", err)
+	}
+	if c.By == idempotency.ByFormerHolder {
+		return s.recover(ctx, c)
+	}
+	ev, err := evidenceJSON(c.Evidence)
+	if err != nil {
+		return idempotency.Record{}, fmt.Errorf("pgguard: %s: evidence: %w", c.To, err)
+	}
+	var to *string
+	if c.To != "" {
+		to = (*string)(&c.To)
+	}
+	args := []any{c.Key, c.Token, to, stateNames(c.From()), c.Result, c.Reason, ev, micros(c.Lease), micros(c.DueIn),
+		c.AttemptEnded, c.NewGeneration(), micros(c.Window), s.n.clock(), true}
+	op := "change to " + string(c.To)
+	if c.To == "" {
+		op = "extend"
+	}
+	if c.Hook == nil {
+		return s.fenced(ctx, s.db, op, args)
+	}
+	return s.inTx(ctx, op, c.Hook, func(tx pgx.Tx) (idempotency.Record, error) { return s.fenced(ctx, tx, op, args) })
+}
+
+func stateNames(states []idempotency.State) []string {
+	out := make([]string, len(states))
+	for i, st := range states {
+		out[i] = string(st)
+	}
+	return out
+}
+
+// fenced runs the fenced UPDATE; no row is ErrClaimLost.
+func (s *Store) fenced(ctx context.Context, db DBTX, op string, args []any) (idempotency.Record, error) {
+	rec, err := scanRecord(db.QueryRow(ctx, s.q.transition, args...))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return idempotency.Record{}, idempotency.ErrClaimLost
 	}
@@ -300,43 +429,47 @@ func (s *Store) fenced(ctx context.Context, db DBTX, op, sql string, args ...any
 	return rec, nil
 }
 
-// MarkCalling implements idempotency.Store: one UPDATE fenced by the token.
-func (s *Store) MarkCalling(ctx context.Context, key string, token int64) error {
-	return s.exec(ctx, "mark calling", s.q.markCalling, key, token, s.n.clock())
+type txKey struct{}
+
+// TxFrom returns the ledger's transaction a hook (idempotency.Change.Hook,
+// Effect.OnComplete, Effect.OnFail) runs in, when pgguard's Store runs the
+// hook. Write the domain row with it: it commits with the ledger's change
+// or not at all. ok is false when the hook runs elsewhere (another store,
+// such as idempotency.MemStore, which has no transaction).
+func TxFrom(ctx context.Context) (tx pgx.Tx, ok bool) {
+	tx, ok = ctx.Value(txKey{}).(pgx.Tx)
+	return tx, ok
 }
 
-// exec runs a token-fenced UPDATE without RETURNING; no row is ErrClaimLost.
-func (s *Store) exec(ctx context.Context, op, sql string, args ...any) error {
-	tag, err := s.db.Exec(ctx, sql, args...)
-	if err != nil {
-		return wrapErr(ctx, op, err)
+// OnComplete adapts a pgx hook into an Effect.OnComplete: fn gets the
+// ledger's transaction without a type assertion. Run by a store without a
+// pgx transaction, the hook fails with ErrNoTx (and nothing is recorded);
+// it never panics.
+func OnComplete[In, Out any](fn func(ctx context.Context, tx pgx.Tx, in In, out Out) error) func(context.Context, In, Out) error {
+	return func(ctx context.Context, in In, out Out) error {
+		tx, ok := TxFrom(ctx)
+		if !ok {
+			return ErrNoTx
+		}
+		return fn(ctx, tx, in, out)
 	}
-	if tag.RowsAffected() == 0 {
-		return idempotency.ErrClaimLost
-	}
-	return nil
 }
 
-// Release implements idempotency.Store: one UPDATE fenced by the token.
-// Releasing without Park clears CallStarted.
-func (s *Store) Release(ctx context.Context, req idempotency.ReleaseRequest) error {
-	return s.exec(ctx, "release", s.q.release, req.Key, req.Token, req.Park, req.Reason, s.n.clock())
-}
-
-// Fail implements idempotency.Store: one UPDATE fenced by the token.
-func (s *Store) Fail(ctx context.Context, req idempotency.FailRequest) (idempotency.Record, error) {
-	if req.Hook == nil {
-		return s.fenced(ctx, s.db, "fail", s.q.fail, req.Key, req.Token, req.Reason, s.n.clock())
+// OnFail adapts a pgx hook into an Effect.OnFail, as OnComplete does.
+func OnFail[In any](fn func(ctx context.Context, tx pgx.Tx, in In, cause error) error) func(context.Context, In, error) error {
+	return func(ctx context.Context, in In, cause error) error {
+		tx, ok := TxFrom(ctx)
+		if !ok {
+			return ErrNoTx
+		}
+		return fn(ctx, tx, in, cause)
 	}
-	return s.inTx(ctx, "fail", req.Hook, func(tx pgx.Tx) (idempotency.Record, error) {
-		return s.fenced(ctx, tx, "fail", s.q.fail, req.Key, req.Token, req.Reason, s.n.clock())
-	})
 }
 
 // inTx runs update and then hook in one transaction (a savepoint when the
 // store's handle is itself a transaction), and commits only if both
 // succeed.
-func (s *Store) inTx(ctx context.Context, op string, hook func(context.Context, any) error, update func(pgx.Tx) (idempotency.Record, error)) (idempotency.Record, error) {
+func (s *Store) inTx(ctx context.Context, op string, hook func(context.Context) error, update func(pgx.Tx) (idempotency.Record, error)) (idempotency.Record, error) {
 	tx, err := s.db.Begin(ctx)
 	if err != nil {
 		return idempotency.Record{}, wrapErr(ctx, op+": begin", err)
@@ -347,8 +480,10 @@ func (s *Store) inTx(ctx context.Context, op string, hook func(context.Context, 
 	if err != nil {
 		return idempotency.Record{}, err
 	}
-	if err := hook(ctx, tx); err != nil {
-		return idempotency.Record{}, fmt.Errorf("pgguard: %s hook: %w", op, err)
+	if hook != nil {
+		if err := hook(context.WithValue(ctx, txKey{}, tx)); err != nil {
+			return idempotency.Record{}, fmt.Errorf("pgguard: %s: hook: %w", op, err)
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return idempotency.Record{}, wrapErr(ctx, op+": commit", err)
@@ -356,22 +491,95 @@ func (s *Store) inTx(ctx context.Context, op string, hook func(context.Context, 
 	return rec, nil
 }
 
-// Settle implements idempotency.Store: one UPDATE fenced by the token. As
-// with Complete, settling as applied needs a result.
-func (s *Store) Settle(ctx context.Context, req idempotency.SettleRequest) (idempotency.Record, error) {
-	switch req.Status {
-	case idempotency.StatusApplied, idempotency.StatusSkipped, idempotency.StatusFailed:
-	default:
-		return idempotency.Record{}, fmt.Errorf("pgguard: settle: status %q is not applied, skipped or failed", req.Status)
+// recover applies a Recover change in a short transaction: it locks the
+// key's active record (if any) and writes the success unless a live claim
+// holds it, it is finished, or it carries another fingerprint.
+func (s *Store) recover(ctx context.Context, c idempotency.Change) (idempotency.Record, error) {
+	ev, err := evidenceJSON(c.Evidence)
+	if err != nil {
+		return idempotency.Record{}, fmt.Errorf("pgguard: recover: evidence: %w", err)
 	}
-	if req.Status == idempotency.StatusApplied && req.Result == nil {
-		return idempotency.Record{}, errors.New("pgguard: settle: an applied record needs a result")
+	fp := c.Fingerprint
+	if len(fp) == 0 {
+		fp = nil
 	}
-	return s.fenced(ctx, s.db, "settle", s.q.settle, req.Key, req.Token, string(req.Status), req.Result, req.Reason, s.n.clock())
+	const reason = "recovered: the completion of a lost claim"
+	var cur idempotency.Record
+	var refused error
+	rec, err := s.inTx(ctx, "recover", c.Hook, func(tx pgx.Tx) (idempotency.Record, error) {
+		var (
+			id  int64
+			now time.Time
+		)
+		got, err := scanRecord(tx.QueryRow(ctx, s.q.recoverRead, c.Key, s.n.clock()), &id, &now)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			ins, err := scanRecord(tx.QueryRow(ctx, s.q.recoverInsert, c.Key, c.Namespace, fp, nonNilBytes(c.Result), ev, reason, s.n.clock()))
+			if errors.Is(err, pgx.ErrNoRows) {
+				// A claim inserted a record since: it holds the key.
+				refused = idempotency.ErrClaimLive
+				return idempotency.Record{}, refused
+			}
+			return ins, wrapErrIf(ctx, "recover: insert", err)
+		case err != nil:
+			return idempotency.Record{}, wrapErr(ctx, "recover: read", err)
+		}
+		cur = got
+		switch {
+		case got.State.Held() && now.Before(got.LeaseUntil):
+			refused = idempotency.ErrClaimLive
+		case got.State.Done(), !got.FingerprintMatches(fp):
+			refused = idempotency.ErrClaimLost
+		}
+		if refused != nil {
+			return idempotency.Record{}, refused
+		}
+		upd, err := scanRecord(tx.QueryRow(ctx, s.q.recoverUpdate, id, nonNilBytes(c.Result), reason, ev, now))
+		return upd, wrapErrIf(ctx, "recover: update", err)
+	})
+	if refused != nil {
+		return cur, refused
+	}
+	return rec, err
 }
 
-// Revoke implements idempotency.Store: one UPDATE of the applied or skipped
-// record; the stored result is kept for the audit trail.
+func nonNilBytes(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
+
+func wrapErrIf(ctx context.Context, op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return wrapErr(ctx, op, err)
+}
+
+// Settle implements idempotency.Operator: one UPDATE fenced by the token
+// and, unless req.Force, by the lease (a live claim is ErrClaimLive).
+func (s *Store) Settle(ctx context.Context, req idempotency.SettleRequest) (idempotency.Record, error) {
+	if err := req.Validate(); err != nil {
+		return idempotency.Record{}, fmt.Errorf("pgguard: %w", err)
+	}
+	to := string(req.State)
+	args := []any{req.Key, req.Token, &to, stateNames(idempotency.Allowed(req.State, idempotency.ByOperator)), req.Result,
+		req.Reason, "[]", int64(0), int64(0), true, false, int64(0), s.n.clock(), req.Force}
+	rec, err := s.fenced(ctx, s.db, "settle", args)
+	if !errors.Is(err, idempotency.ErrClaimLost) {
+		return rec, err
+	}
+	var live bool
+	cur, werr := scanRecord(s.db.QueryRow(ctx, s.q.settleWhy, req.Key, s.n.clock()), &live)
+	if werr == nil && cur.Token == req.Token && live && slices.Contains(idempotency.Allowed(req.State, idempotency.ByOperator), cur.State) {
+		return cur, idempotency.ErrClaimLive
+	}
+	return idempotency.Record{}, idempotency.ErrClaimLost
+}
+
+// Revoke implements idempotency.Operator: one UPDATE of the applied or
+// skipped record; the stored result is kept for the audit trail.
 func (s *Store) Revoke(ctx context.Context, key string, reason string) (idempotency.Record, error) {
 	rec, err := scanRecord(s.db.QueryRow(ctx, s.q.revoke, key, reason, s.n.clock()))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -408,20 +616,29 @@ func (s *Store) Lookup(ctx context.Context, keys []string) (map[string]idempoten
 	return out, nil
 }
 
-// ListStuck implements idempotency.Store with one query: pending records
-// that are parked or whose lease has expired, oldest first claim first.
+// ListStuck implements idempotency.Operator with one query
+// (idempotency.Stuck in SQL), oldest first claim first.
 func (s *Store) ListStuck(ctx context.Context, req idempotency.ListStuckRequest) ([]idempotency.Record, error) {
 	limit := req.Limit
 	if limit <= 0 {
 		limit = 100
 	}
-	rows, err := s.db.Query(ctx, s.q.listStuck, s.n.clock(), req.Namespace, int64(limit), micros(req.Window))
+	return s.collect(ctx, "list stuck", s.q.listStuck, s.n.clock(), req.Namespace, int64(limit))
+}
+
+// History implements idempotency.Operator with one query.
+func (s *Store) History(ctx context.Context, key string) ([]idempotency.Record, error) {
+	return s.collect(ctx, "history", s.q.history, key)
+}
+
+func (s *Store) collect(ctx context.Context, op, sql string, args ...any) ([]idempotency.Record, error) {
+	rows, err := s.db.Query(ctx, sql, args...)
 	if err != nil {
-		return nil, wrapErr(ctx, "list stuck", err)
+		return nil, wrapErr(ctx, op, err)
 	}
 	recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (idempotency.Record, error) { return scanRecord(row) })
 	if err != nil {
-		return nil, wrapErr(ctx, "list stuck", err)
+		return nil, wrapErr(ctx, op, err)
 	}
 	return recs, nil
 }
