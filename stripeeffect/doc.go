@@ -4,14 +4,15 @@
 // refunding a payment (RefundEffect) and crediting a customer's balance
 // (CreditEffect). The plain functions behind them (CreatePromotionCode,
 // DeactivatePromotionCode, CreateRefund, CreditBalance) can be called on
-// their own.
+// their own, and FindPromotionCode, FindRefund and FindCredit tell whether
+// the object a key would create already exists.
 //
 // # The key
 //
 // The effect's key is sent as Stripe's Idempotency-Key on every request,
 // in-run retries included, and stored in the created object's metadata
-// under MetadataKey so that an operator can find the object when a record
-// needs reconciliation. A call with the zero key returns ErrNoKey and sends
+// under MetadataKey so that the Find functions, or an operator, can find the
+// object when a record needs reconciliation. A call with the zero key returns ErrNoKey and sends
 // nothing: stripe-go would otherwise invent a random key, which protects
 // only its own retries of that one call and nothing across deliveries.
 // stripe-go builds the request, headers included, once per call and sends
@@ -68,6 +69,31 @@
 // returns, so a key reused with another payload stops at the executor with
 // a *idempotency.MismatchError before Stripe would refuse it with an
 // idempotency_error.
+//
+// # Finding an object
+//
+// When an attempt's outcome is unknown (a lost response, a worker that died
+// after calling, a replayed 500, a key past Stripe's 24 hour memory), asking
+// Stripe whether the object exists settles it without calling again.
+// FindPromotionCode, FindRefund and FindCredit take the request value of
+// the matching create adapter, list its scope (the coupon's codes for the
+// customer, the payment intent's refunds, the customer's balance
+// transactions) with stripe-go's auto-paging iterator, newest first in
+// pages of 100, and match the key stored under MetadataKey. They send no
+// creating request. A found object comes back as the create adapter's
+// result, so the ledger records it as it would a created one; no object is
+// false with a nil error; a page that could not be read is an error, and
+// then nothing is known. Lists see every write at once; the Search API,
+// which lags behind writes and covers neither promotion codes nor refunds,
+// is not used.
+//
+// The key is matched exactly: pass the business key the metadata holds,
+// not an Idempotency-Key derived from it. An object made without MetadataKey
+// (by other code, or with its metadata edited since) is not found. A lookup
+// stops at the first match, so it does not report a second object under the
+// same key (possible only when the key was reused after Stripe forgot it);
+// when no object matches it reads the whole scope, one list call per 100
+// objects.
 //
 // # Testing
 //
