@@ -11,10 +11,11 @@
 //
 // The effect's key is sent as Stripe's Idempotency-Key on every request,
 // in-run retries included, and stored in the created object's metadata
-// under MetadataKey so that the Find functions, or an operator, can find the
-// object when a record needs reconciliation. A call with the zero key returns ErrNoKey and sends
-// nothing: stripe-go would otherwise invent a random key, which protects
-// only its own retries of that one call and nothing across deliveries.
+// under MetadataKey so that the Find functions, or an operator, can find
+// the object when a record needs reconciliation. A call with the zero key
+// returns ErrNoKey and sends nothing: stripe-go would otherwise invent a
+// random key, which protects only its own retries of that one call and
+// nothing across deliveries.
 // stripe-go builds the request, headers included, once per call and sends
 // that same request on each of its own network retries, so the key survives
 // those too.
