@@ -45,12 +45,13 @@ func Example() {
 			// Create the promotion code with key.String() as Idempotency-Key.
 			return "promo_123", nil
 		},
-		// Record the domain row in the same transaction as the completion.
-		OnComplete: func(ctx context.Context, tx any, g grant, code string) error {
-			_, err := tx.(pgx.Tx).Exec(ctx,
+		// Record the domain row in the same transaction as the completion:
+		// the adapter hands the hook the ledger's pgx.Tx.
+		OnComplete: pgguard.OnComplete(func(ctx context.Context, tx pgx.Tx, g grant, code string) error {
+			_, err := tx.Exec(ctx,
 				`INSERT INTO loyalty_discounts (user_id, promo_code, status) VALUES ($1, $2, 'applied')`, g.UserID, code)
 			return err
-		},
+		}),
 	}
 	for range 2 { // an overlapping second tick
 		res, err := idempotency.Run(ctx, exec, promo, grant{UserID: "u_42", SubscriptionID: "sub_9"})

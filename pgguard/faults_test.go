@@ -28,8 +28,8 @@ func requireLedgerSane(t *testing.T, b *bundle) {
 	t.Helper()
 	var bad int
 	require.NoError(t, b.pool.QueryRow(b.ctx, `SELECT count(*) FROM effect_ledger
-		WHERE (status IN ('applied', 'skipped') AND result IS NULL)
-		   OR (status = 'pending' AND NOT parked AND lease_until IS NULL AND attempts = 0)`).Scan(&bad))
+		WHERE (state IN ('applied', 'skipped') AND result IS NULL)
+		   OR claims < 1 OR (state IN ('claimed', 'calling', 'reconciling') AND lease_until IS NULL)`).Scan(&bad))
 	require.Zero(t, bad)
 }
 
@@ -50,7 +50,7 @@ func blockKey(t *testing.T, b *bundle, key string) (end func(commit bool)) {
 	require.NoError(t, err)
 	c, err := s.Claim(b.ctx, claimReq(key))
 	require.NoError(t, err)
-	require.True(t, c.Acquired)
+	require.True(t, c.Verdict.Holds())
 	var done bool
 	end = func(commit bool) {
 		if done {
@@ -117,7 +117,7 @@ func TestClaimCancelledWhileBlocked(t *testing.T) {
 			got, err := b.store.Lookup(b.ctx, []string{"k"})
 			require.NoError(t, err)
 			rec := got["k"]
-			require.Equal(t, idempotency.StatusPending, rec.Status)
+			require.Equal(t, idempotency.StateCalling, rec.State)
 			require.True(t, b.clock.Now().Add(time.Minute).Equal(rec.LeaseUntil), "an orphaned claim holds an ordinary lease: %v", rec.LeaseUntil)
 			b.clock.Advance(2 * time.Minute)
 		default:
@@ -127,7 +127,7 @@ func TestClaimCancelledWhileBlocked(t *testing.T) {
 		r.TakeOver = true
 		c, err := b.store.Claim(b.ctx, r)
 		require.NoError(t, err)
-		require.True(t, c.Acquired, "whatever the orphan did, the key is claimable once its lease expires")
+		require.True(t, c.Verdict.Holds(), "whatever the orphan did, the key is claimable once its lease expires")
 	})
 
 	t.Run("CancelRequestHandlerWritesNothing", func(t *testing.T) {
@@ -145,7 +145,7 @@ func TestClaimCancelledWhileBlocked(t *testing.T) {
 		require.Zero(t, ledgerRows(t, b), "the server cancelled the claim, the blocker rolled back")
 		c, err := b.store.Claim(b.ctx, claimReq("k"))
 		require.NoError(t, err)
-		require.True(t, c.Acquired)
+		require.True(t, c.Verdict.Holds())
 	})
 }
 
@@ -182,7 +182,7 @@ func TestClaimStatementTimeout(t *testing.T) {
 	requireLedgerSane(t, b)
 	c, err := b.store.Claim(b.ctx, claimReq("k"))
 	require.NoError(t, err)
-	require.False(t, c.Acquired, "the blocker's live claim is in flight")
+	require.False(t, c.Verdict.Holds(), "the blocker's live claim is in flight")
 }
 
 func TestClaimConnectionTerminated(t *testing.T) {
@@ -201,7 +201,7 @@ func TestClaimConnectionTerminated(t *testing.T) {
 	require.Zero(t, ledgerRows(t, b))
 	c, err := b.store.Claim(b.ctx, claimReq("k"))
 	require.NoError(t, err)
-	require.True(t, c.Acquired)
+	require.True(t, c.Verdict.Holds())
 }
 
 // completeFault claims a key, then completes it with a hook that triggers a
@@ -210,16 +210,20 @@ func completeFault(t *testing.T, b *bundle, hook func(ctx context.Context, tx pg
 	t.Helper()
 	c, err := b.store.Claim(b.ctx, claimReq("k"))
 	require.NoError(t, err)
-	require.True(t, c.Acquired)
-	_, err = b.store.Complete(b.ctx, idempotency.CompleteRequest{Key: "k", Token: c.Record.Token,
-		Status: idempotency.StatusApplied, Result: []byte(`"promo_1"`),
-		Hook: func(ctx context.Context, tx any) error { return hook(ctx, tx.(pgx.Tx)) }})
+	require.True(t, c.Verdict.Holds())
+	change := idempotency.Complete("k", c.Record.Token, []byte(`"promo_1"`))
+	change.Hook = func(ctx context.Context) error {
+		tx, ok := pgguard.TxFrom(ctx)
+		require.True(t, ok, "the hook runs in the ledger's transaction")
+		return hook(ctx, tx)
+	}
+	_, err = b.store.Transition(b.ctx, change)
 	require.Error(t, err)
 
 	got, err := b.store.Lookup(b.ctx, []string{"k"})
 	require.NoError(t, err)
 	rec := got["k"]
-	require.Equal(t, idempotency.StatusPending, rec.Status)
+	require.Equal(t, idempotency.StateCalling, rec.State)
 	require.Equal(t, c.Record.Token, rec.Token)
 	require.Nil(t, rec.Result)
 	require.False(t, rec.LeaseUntil.IsZero(), "the lease still runs and will expire")
@@ -229,13 +233,13 @@ func completeFault(t *testing.T, b *bundle, hook func(ctx context.Context, tx pg
 	b.clock.Advance(2 * time.Minute)
 	park, err := b.store.Claim(b.ctx, claimReq("k"))
 	require.NoError(t, err)
-	require.True(t, park.Stuck)
+	require.Equal(t, idempotency.VerdictInDoubt, park.Verdict, "without takeover the call may have acted: in doubt")
 	r := claimReq("k")
 	r.TakeOver = true
 	retry, err := b.store.Claim(b.ctx, r)
 	require.NoError(t, err)
-	require.True(t, retry.Acquired)
-	require.Equal(t, 2, retry.Record.Attempts)
+	require.True(t, retry.Verdict.Holds())
+	require.Equal(t, 2, retry.Record.Claims)
 	return err
 }
 
@@ -280,16 +284,16 @@ func TestCompleteContextCancelledInHook(t *testing.T) {
 	c, err := b.store.Claim(b.ctx, claimReq("k"))
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(b.ctx)
-	_, err = b.store.Complete(ctx, idempotency.CompleteRequest{Key: "k", Token: c.Record.Token,
-		Status: idempotency.StatusApplied, Result: []byte("1"),
-		Hook: func(ctx context.Context, tx any) error {
-			cancel()
-			return nil // the hook "succeeded"; the commit cannot
-		}})
+	change := idempotency.Complete("k", c.Record.Token, []byte("1"))
+	change.Hook = func(ctx context.Context) error {
+		cancel()
+		return nil // the hook "succeeded"; the commit cannot
+	}
+	_, err = b.store.Transition(ctx, change)
 	require.ErrorIs(t, err, context.Canceled)
 	got, err := b.store.Lookup(b.ctx, []string{"k"})
 	require.NoError(t, err)
-	require.Equal(t, idempotency.StatusPending, got["k"].Status)
+	require.Equal(t, idempotency.StateCalling, got["k"].State)
 	requireLedgerSane(t, b)
 }
 
@@ -304,13 +308,13 @@ func TestCompleteBlockedByLockTimesOut(t *testing.T) {
 	defer func() { _ = tx.Rollback(b.ctx) }()
 	_, err = tx.Exec(b.ctx, "SELECT 1 FROM effect_ledger WHERE key = 'k' FOR UPDATE")
 	require.NoError(t, err)
-	_, err = timedStore(t, b, 300*time.Millisecond).Complete(b.ctx, idempotency.CompleteRequest{Key: "k", Token: c.Record.Token, Status: idempotency.StatusApplied, Result: []byte("1")})
+	_, err = timedStore(t, b, 300*time.Millisecond).Transition(b.ctx, idempotency.Complete("k", c.Record.Token, []byte("1")))
 	requirePgCode(t, err, pgerrcode.QueryCanceled)
 	require.NoError(t, tx.Rollback(b.ctx))
 	// Nothing was lost: the worker can still complete under its token.
-	rec, err := b.store.Complete(b.ctx, idempotency.CompleteRequest{Key: "k", Token: c.Record.Token, Status: idempotency.StatusApplied, Result: []byte("1")})
+	rec, err := b.store.Transition(b.ctx, idempotency.Complete("k", c.Record.Token, []byte("1")))
 	require.NoError(t, err)
-	require.Equal(t, idempotency.StatusApplied, rec.Status)
+	require.Equal(t, idempotency.StateApplied, rec.State)
 }
 
 // TestRunWithDeadDatabaseLosesNothing: the executor over a store whose
@@ -327,7 +331,7 @@ func TestRunCompletionFailureLeavesPendingRecord(t *testing.T) {
 		Name: "faults",
 		Key:  func(in string) (idempotency.Key, error) { return ks.Key(idempotency.Str("id", in)) },
 		Call: func(context.Context, idempotency.Key, string) (string, error) { calls++; return "promo", nil },
-		OnComplete: func(context.Context, any, string, string) error {
+		OnComplete: func(context.Context, string, string) error {
 			return boom
 		},
 	}
@@ -336,7 +340,7 @@ func TestRunCompletionFailureLeavesPendingRecord(t *testing.T) {
 	require.Equal(t, idempotency.OutcomeError, res.Outcome)
 	got, err := b.store.Lookup(b.ctx, []string{res.Key.String()})
 	require.NoError(t, err)
-	require.Equal(t, idempotency.StatusPending, got[res.Key.String()].Status)
+	require.Equal(t, idempotency.StateCalling, got[res.Key.String()].State)
 	// The next delivery sees a live claim: no second provider call.
 	res, err = idempotency.Run(b.ctx, x, eff, "u1")
 	require.NoError(t, err)

@@ -151,6 +151,24 @@ func migrate(ctx context.Context, tx pgx.Tx, n *names) error {
 	if err != nil {
 		return fmt.Errorf("pgguard: migrate: read versions: %w", err)
 	}
+	if len(done) == 0 {
+		// A ledger created from the plain files by another tool: record
+		// the versions it already has instead of applying them again.
+		have, err := ledgerVersion(ctx, tx, n)
+		if err != nil {
+			return err
+		}
+		for _, m := range migrations {
+			if m.version > have {
+				break
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO `+n.migrations+` (version, name) VALUES ($1::integer, $2::text)`,
+				int32(m.version), m.name); err != nil {
+				return fmt.Errorf("pgguard: migrate: adopt %s: %w", m.name, err)
+			}
+			done = append(done, int32(m.version))
+		}
+	}
 	for _, m := range migrations {
 		if slices.Contains(done, int32(m.version)) {
 			continue
@@ -172,10 +190,30 @@ func migrate(ctx context.Context, tx pgx.Tx, n *names) error {
 	return nil
 }
 
+// ledgerVersion tells which migration built the ledger table when no
+// version is recorded: 0 when there is no table, 1 for the version-1 shape
+// (a status column), 2 for the version-2 shape (a state column).
+func ledgerVersion(ctx context.Context, tx pgx.Tx, n *names) (int, error) {
+	var exists, hasState bool
+	err := tx.QueryRow(ctx, `SELECT to_regclass($1::text) IS NOT NULL,
+		EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass($1::text) AND attname = 'state' AND NOT attisdropped)`,
+		n.table).Scan(&exists, &hasState)
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("pgguard: migrate: inspect the ledger: %w", err)
+	case !exists:
+		return 0, nil
+	case hasState:
+		return 2, nil
+	}
+	return 1, nil
+}
+
 // render rewrites the default object names in a migration file (bare
 // identifiers such as effect_ledger or effect_ledger_active_key) to the
 // configured, quoted ones. Comments, string literals and quoted identifiers
-// are copied untouched. A bare identifier that starts with the default
+// are copied untouched; the body of an untagged dollar quote ($$ ... $$,
+// a DO block) is scanned like the rest. A bare identifier that starts with the default
 // table name but is not a known object is an error, so a new migration
 // cannot introduce a name Migrate would leave unrenamed.
 func render(sql string, n *names) (string, error) {
@@ -214,8 +252,14 @@ func render(sql string, n *names) (string, error) {
 			}
 			b.WriteString(sql[i:j])
 			i = j
+		case c == '$' && strings.HasPrefix(sql[i:], "$$"):
+			// An untagged dollar-quoted body (a DO block) is SQL too:
+			// it is copied and scanned like the rest, so the names in it
+			// are renamed as well.
+			b.WriteString("$$")
+			i += 2
 		case c == '$':
-			return "", fmt.Errorf("dollar quoting and parameters are not supported in migrations")
+			return "", fmt.Errorf("tagged dollar quoting and parameters are not supported in migrations")
 		case isIdentStart(c):
 			j := i + 1
 			for j < len(sql) && isIdentPart(sql[j]) {

@@ -51,6 +51,9 @@ func describeLedger(t *testing.T, pool *pgxpool.Pool, schema string) []string {
 	return out
 }
 
+// migrationsEmbedded is the number of embedded migrations.
+const migrationsEmbedded = 2
+
 func migrationCount(t *testing.T, pool *pgxpool.Pool) int {
 	t.Helper()
 	var n int
@@ -68,16 +71,20 @@ func TestMigrateMatchesEmbeddedFiles(t *testing.T) {
 	require.NoError(t, pgguard.Migrate(ctx, migrated, nil))
 
 	plain, plainSchema := pgtest.Schema(t)
-	_, err := plain.Exec(ctx, readMigration(t, "001_effect_ledger.up.sql"))
-	require.NoError(t, err)
+	for _, f := range []string{"001_effect_ledger.up.sql", "002_record_states.up.sql"} {
+		_, err := plain.Exec(ctx, readMigration(t, f))
+		require.NoError(t, err)
+	}
 
 	want := describeLedger(t, plain, plainSchema)
 	require.NotEmpty(t, want)
 	require.Equal(t, want, describeLedger(t, migrated, migratedSchema))
-	require.Contains(t, strings.Join(want, "\n"), "effect_ledger_active_key ON effect_ledger USING btree (key) WHERE (status = ANY (ARRAY['pending'::text, 'applied'::text, 'skipped'::text]))")
+	require.Contains(t, strings.Join(want, "\n"), "effect_ledger_active_key ON effect_ledger USING btree (key) WHERE (state <> ALL (ARRAY['failed'::text, 'revoked'::text]))")
 
-	_, err = plain.Exec(ctx, readMigration(t, "001_effect_ledger.down.sql"))
-	require.NoError(t, err)
+	for _, f := range []string{"002_record_states.down.sql", "001_effect_ledger.down.sql"} {
+		_, err := plain.Exec(ctx, readMigration(t, f))
+		require.NoError(t, err)
+	}
 	var n int
 	require.NoError(t, plain.QueryRow(ctx, `SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1`, plainSchema).Scan(&n))
@@ -92,7 +99,7 @@ func TestMigrateTwiceChangesNothing(t *testing.T) {
 	before := describeLedger(t, pool, schema)
 	require.NoError(t, pgguard.Migrate(ctx, pool, nil))
 	require.Equal(t, before, describeLedger(t, pool, schema))
-	require.Equal(t, 1, migrationCount(t, pool))
+	require.Equal(t, migrationsEmbedded, migrationCount(t, pool))
 }
 
 // TestMigrateConcurrently: 8 migrators on 8 connections at once, as when
@@ -125,7 +132,7 @@ func TestMigrateConcurrently(t *testing.T) {
 	for _, err := range errs {
 		require.NoError(t, err)
 	}
-	require.Equal(t, 1, migrationCount(t, pool))
+	require.Equal(t, migrationsEmbedded, migrationCount(t, pool))
 	s, err := pgguard.New(pool, nil)
 	require.NoError(t, err)
 	_, err = s.Claim(ctx, claimReq("k"))
@@ -136,12 +143,25 @@ func TestMigrateConcurrently(t *testing.T) {
 // with its own tool can switch to Migrate.
 func TestMigrateAdoptsLedgerFromPlainFiles(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	pool := pgtest.Pool(t)
-	_, err := pool.Exec(ctx, readMigration(t, "001_effect_ledger.up.sql"))
-	require.NoError(t, err)
-	require.NoError(t, pgguard.Migrate(ctx, pool, nil))
-	require.Equal(t, 1, migrationCount(t, pool))
+	for name, files := range map[string][]string{
+		"Version1": {"001_effect_ledger.up.sql"},
+		"Version2": {"001_effect_ledger.up.sql", "002_record_states.up.sql"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			pool, schema := pgtest.Schema(t)
+			for _, f := range files {
+				_, err := pool.Exec(ctx, readMigration(t, f))
+				require.NoError(t, err)
+			}
+			require.NoError(t, pgguard.Migrate(ctx, pool, nil))
+			require.Equal(t, migrationsEmbedded, migrationCount(t, pool))
+			fresh, freshSchema := pgtest.Schema(t)
+			require.NoError(t, pgguard.Migrate(ctx, fresh, nil))
+			require.Equal(t, describeLedger(t, fresh, freshSchema), describeLedger(t, pool, schema))
+		})
+	}
 }
 
 func TestMigrateTxRollsBackWithCaller(t *testing.T) {
@@ -189,6 +209,7 @@ func TestRender(t *testing.T) {
 		"CREATE INDEX effect_ledger_other ON effect_ledger (key)",
 		"SELECT 'unterminated",
 		"SELECT $1",
+		"DO $body$ BEGIN PERFORM 1; END $body$",
 		"/* open",
 	} {
 		_, err := pgguard.Render(bad, nil)
@@ -197,4 +218,7 @@ func TestRender(t *testing.T) {
 	out, err = pgguard.Render("SELECT 'effect_ledger', \"effect_ledger\" -- effect_ledger\nFROM effect_ledger /* effect_ledger */", nil)
 	require.NoError(t, err)
 	require.Equal(t, "SELECT 'effect_ledger', \"effect_ledger\" -- effect_ledger\nFROM \"effect_ledger\" /* effect_ledger */", out)
+	out, err = pgguard.Render("DO $$ BEGIN PERFORM status FROM effect_ledger LIMIT 0; END $$;", &pgguard.Config{Table: "it's"})
+	require.NoError(t, err)
+	require.Equal(t, `DO $$ BEGIN PERFORM status FROM "it's" LIMIT 0; END $$;`, out, "a DO block's names are renamed too")
 }

@@ -99,8 +99,8 @@ func TestQuotedNamesLandWhereConfigured(t *testing.T) {
 
 	c, err := s.Claim(b.ctx, claimReq("k"))
 	require.NoError(t, err)
-	require.True(t, c.Acquired)
-	_, err = s.Complete(b.ctx, idempotency.CompleteRequest{Key: "k", Token: c.Record.Token, Status: idempotency.StatusApplied, Result: []byte("1")})
+	require.True(t, c.Verdict.Holds())
+	_, err = s.Transition(b.ctx, idempotency.Complete("k", c.Record.Token, []byte("1")))
 	require.NoError(t, err)
 
 	rows, err := b.pool.Query(b.ctx, `SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -109,12 +109,12 @@ func TestQuotedNamesLandWhereConfigured(t *testing.T) {
 	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)
 	require.Equal(t, []string{
-		table, table + "_active_key", table + "_id_seq", table + "_migrations", table + "_migrations_pkey",
-		table + "_pkey", table + "_stuck", table + "_token_seq",
+		table, table + "_active_key", table + "_exempt", table + "_finished", table + "_id_seq", table + "_migrations",
+		table + "_migrations_pkey", table + "_pkey", table + "_stuck", table + "_token_seq",
 	}, got)
 
 	var n int
-	require.NoError(t, b.pool.QueryRow(b.ctx, "SELECT count(*) FROM "+pgx.Identifier{schema, table}.Sanitize()+" WHERE status = 'applied'").Scan(&n))
+	require.NoError(t, b.pool.QueryRow(b.ctx, "SELECT count(*) FROM "+pgx.Identifier{schema, table}.Sanitize()+" WHERE state = 'applied'").Scan(&n))
 	require.Equal(t, 1, n)
 	// Nothing landed in the search_path schema but the default ledger.
 	require.NoError(t, b.pool.QueryRow(b.ctx, "SELECT count(*) FROM effect_ledger").Scan(&n))
@@ -133,7 +133,7 @@ func TestLongestTableName(t *testing.T) {
 	require.NoError(t, err)
 	c, err := s.Claim(b.ctx, claimReq("k"))
 	require.NoError(t, err)
-	require.True(t, c.Acquired)
+	require.True(t, c.Verdict.Holds())
 	var idx string
 	require.NoError(t, b.pool.QueryRow(b.ctx, `SELECT indexname FROM pg_indexes WHERE tablename = $1 AND indexname LIKE '%active_key'`, cfg.Table).Scan(&idx))
 	require.Equal(t, cfg.Table+"_active_key", idx)
@@ -179,10 +179,10 @@ func TestStatementCounts(t *testing.T) {
 	require.Equal(t, 1, calls)
 
 	withHook := *eff
-	withHook.OnComplete = func(ctx context.Context, tx any, in, out string) error {
-		_, err := tx.(pgx.Tx).Exec(ctx, "INSERT INTO grants (user_id, code) VALUES (1, $1)", out)
+	withHook.OnComplete = pgguard.OnComplete(func(ctx context.Context, tx pgx.Tx, in, out string) error {
+		_, err := tx.Exec(ctx, "INSERT INTO grants (user_id, code) VALUES (1, $1)", out)
 		return err
-	}
+	})
 	require.Equal(t, 5, measure(func() {
 		_, err := idempotency.Run(b.ctx, x, &withHook, "hooked")
 		require.NoError(t, err)
@@ -197,7 +197,7 @@ func TestStatementCounts(t *testing.T) {
 
 	failing := *eff
 	failing.Call = func(context.Context, idempotency.Key, string) (string, error) {
-		return "", idempotency.Retryable(errors.New("503"), 0)
+		return "", idempotency.NotActed(errors.New("429"), 0)
 	}
 	require.Equal(t, 2, measure(func() {
 		_, err := idempotency.Run(b.ctx, x, &failing, "failing")
@@ -242,17 +242,17 @@ func TestRepeatClaimWritesNothing(t *testing.T) {
 	for range 3 {
 		again, err := b.store.Claim(b.ctx, claimReq("k"))
 		require.NoError(t, err)
-		require.False(t, again.Acquired)
+		require.False(t, again.Verdict.Holds())
 	}
 	require.Equal(t, live, tuple(), "a claim meeting a live lease must not touch the row")
 
-	_, err = b.store.Complete(b.ctx, idempotency.CompleteRequest{Key: "k", Token: c.Record.Token, Status: idempotency.StatusApplied, Result: []byte("1")})
+	_, err = b.store.Transition(b.ctx, idempotency.Complete("k", c.Record.Token, []byte("1")))
 	require.NoError(t, err)
 	done := tuple()
 	for range 3 {
 		again, err := b.store.Claim(b.ctx, claimReq("k"))
 		require.NoError(t, err)
-		require.Equal(t, idempotency.StatusApplied, again.Record.Status)
+		require.Equal(t, idempotency.VerdictDone, again.Verdict)
 	}
 	require.Equal(t, done, tuple(), "a claim meeting an applied record must not touch the row")
 	require.True(t, strings.HasSuffix(done, "/0"), "no lock was taken: xmax is 0, got %s", done)
@@ -267,7 +267,7 @@ func TestTokensAreUniqueAndIncreasing(t *testing.T) {
 		r.TakeOver = true
 		c, err := b.store.Claim(b.ctx, r)
 		require.NoError(t, err)
-		require.True(t, c.Acquired)
+		require.True(t, c.Verdict.Holds())
 		if len(tokens) > 0 {
 			require.Greater(t, c.Record.Token, tokens[len(tokens)-1])
 		}
@@ -277,7 +277,7 @@ func TestTokensAreUniqueAndIncreasing(t *testing.T) {
 	// Repeats that do not acquire draw no token.
 	c, err := b.store.Claim(b.ctx, claimReq("k0"))
 	require.NoError(t, err)
-	require.True(t, c.Stuck)
+	require.Equal(t, idempotency.VerdictInDoubt, c.Verdict)
 	c, err = b.store.Claim(b.ctx, claimReq("fresh"))
 	require.NoError(t, err)
 	require.Equal(t, tokens[len(tokens)-1]+1, c.Record.Token)
@@ -328,13 +328,12 @@ func TestClaimSnapshotRace(t *testing.T) {
 		claims := race(t, b, claimReq("k"), func(s *pgguard.Store) int64 {
 			c, err := s.Claim(b.ctx, claimReq("k"))
 			require.NoError(t, err)
-			require.True(t, c.Acquired)
+			require.True(t, c.Verdict.Holds())
 			token = c.Record.Token
 			return token
 		})
 		for _, c := range claims {
-			require.False(t, c.Acquired)
-			require.False(t, c.Stuck)
+			require.Equal(t, idempotency.VerdictInFlight, c.Verdict)
 			require.Equal(t, token, c.Record.Token)
 		}
 		require.Positive(t, pgguard.ClaimRetries(b.store), "the race did not happen: no claim had to re-run")
@@ -352,17 +351,16 @@ func TestClaimSnapshotRace(t *testing.T) {
 		claims := race(t, b, r, func(s *pgguard.Store) int64 {
 			c, err := s.Claim(b.ctx, r)
 			require.NoError(t, err)
-			require.True(t, c.Acquired)
+			require.True(t, c.Verdict.Holds())
 			token = c.Record.Token
 			return token
 		})
 		for _, c := range claims {
 			// The snapshot showed an expired claim; the committed takeover
 			// holds a live one: in flight, not acquired, not stuck.
-			require.False(t, c.Acquired)
-			require.False(t, c.Stuck)
+			require.Equal(t, idempotency.VerdictInFlight, c.Verdict)
 			require.Equal(t, token, c.Record.Token)
-			require.Equal(t, 2, c.Record.Attempts)
+			require.Equal(t, 2, c.Record.Claims)
 		}
 		require.Positive(t, pgguard.ClaimRetries(b.store))
 	})
@@ -376,13 +374,12 @@ func TestClaimSnapshotRace(t *testing.T) {
 		require.NoError(t, err)
 		b.clock.Advance(2 * time.Minute) // expired: the racers will try to take it over
 		claims := race(t, b, r, func(s *pgguard.Store) int64 {
-			_, err := s.Complete(b.ctx, idempotency.CompleteRequest{Key: "k", Token: first.Record.Token, Status: idempotency.StatusApplied, Result: []byte(`"late but ours"`)})
+			_, err := s.Transition(b.ctx, idempotency.Complete("k", first.Record.Token, []byte(`"late but ours"`)))
 			require.NoError(t, err)
 			return first.Record.Token
 		})
 		for _, c := range claims {
-			require.False(t, c.Acquired)
-			require.Equal(t, idempotency.StatusApplied, c.Record.Status)
+			require.Equal(t, idempotency.VerdictDone, c.Verdict)
 			require.Equal(t, `"late but ours"`, string(c.Record.Result))
 		}
 	})
@@ -394,16 +391,17 @@ func TestClaimSnapshotRace(t *testing.T) {
 		require.NoError(t, err)
 		// Released, so the racers' snapshots show a free record, while the
 		// holding transaction settles it as failed.
-		require.NoError(t, b.store.Release(b.ctx, idempotency.ReleaseRequest{Key: "k", Token: first.Record.Token}))
+		_, err = b.store.Transition(b.ctx, idempotency.Release("k", first.Record.Token, "429", 0))
+		require.NoError(t, err)
 		claims := race(t, b, claimReq("k"), func(s *pgguard.Store) int64 {
-			_, err := s.Settle(b.ctx, idempotency.SettleRequest{Key: "k", Token: first.Record.Token, Status: idempotency.StatusFailed, Reason: "declined"})
+			_, err := s.Settle(b.ctx, idempotency.SettleRequest{Key: "k", Token: first.Record.Token, State: idempotency.StateFailed, Reason: "declined"})
 			require.NoError(t, err)
 			return 0
 		})
 		// The failed record frees the key: exactly one racer gets it.
 		var won int
 		for _, c := range claims {
-			if c.Acquired {
+			if c.Verdict.Holds() {
 				won++
 			}
 		}
@@ -427,26 +425,24 @@ func TestStoreInCallerTransaction(t *testing.T) {
 	require.NoError(t, err)
 	c, err := s.Claim(b.ctx, claimReq("k"))
 	require.NoError(t, err)
-	require.True(t, c.Acquired)
+	require.True(t, c.Verdict.Holds())
 
 	boom := errors.New("hook failed")
-	_, err = s.Complete(b.ctx, idempotency.CompleteRequest{Key: "k", Token: c.Record.Token, Status: idempotency.StatusApplied, Result: []byte("1"),
-		Hook: func(ctx context.Context, htx any) error {
-			_, err := htx.(pgx.Tx).Exec(ctx, "INSERT INTO grants VALUES (1)")
-			require.NoError(t, err)
-			return boom
-		}})
+	_, err = s.Transition(b.ctx, hooked(idempotency.Complete("k", c.Record.Token, []byte("1")), func(ctx context.Context, htx pgx.Tx) error {
+		_, err := htx.Exec(ctx, "INSERT INTO grants VALUES (1)")
+		require.NoError(t, err)
+		return boom
+	}))
 	require.ErrorIs(t, err, boom)
 	// The savepoint was rolled back, the caller's transaction still works.
 	got, err := s.Lookup(b.ctx, []string{"k"})
 	require.NoError(t, err)
-	require.Equal(t, idempotency.StatusPending, got["k"].Status)
+	require.Equal(t, idempotency.StateCalling, got["k"].State)
 
-	_, err = s.Complete(b.ctx, idempotency.CompleteRequest{Key: "k", Token: c.Record.Token, Status: idempotency.StatusApplied, Result: []byte("1"),
-		Hook: func(ctx context.Context, htx any) error {
-			_, err := htx.(pgx.Tx).Exec(ctx, "INSERT INTO grants VALUES (1)")
-			return err
-		}})
+	_, err = s.Transition(b.ctx, hooked(idempotency.Complete("k", c.Record.Token, []byte("1")), func(ctx context.Context, htx pgx.Tx) error {
+		_, err := htx.Exec(ctx, "INSERT INTO grants VALUES (1)")
+		return err
+	}))
 	require.NoError(t, err)
 
 	// Nothing is visible outside before the caller commits.
@@ -456,40 +452,56 @@ func TestStoreInCallerTransaction(t *testing.T) {
 	require.NoError(t, tx.Commit(b.ctx))
 	outside, err = b.store.Lookup(b.ctx, []string{"k"})
 	require.NoError(t, err)
-	require.Equal(t, idempotency.StatusApplied, outside["k"].Status)
+	require.Equal(t, idempotency.StateApplied, outside["k"].State)
 	var n int
 	require.NoError(t, b.pool.QueryRow(b.ctx, "SELECT count(*) FROM grants").Scan(&n))
 	require.Equal(t, 1, n)
 }
 
-func TestAppliedRecordNeedsResult(t *testing.T) {
+// hooked sets a hook that gets the ledger's transaction.
+func hooked(c idempotency.Change, fn func(ctx context.Context, tx pgx.Tx) error) idempotency.Change {
+	c.Hook = func(ctx context.Context) error {
+		tx, ok := pgguard.TxFrom(ctx)
+		if !ok {
+			return pgguard.ErrNoTx
+		}
+		return fn(ctx, tx)
+	}
+	return c
+}
+
+// TestAppliedRecordAlwaysHasAResult: an empty result is stored as empty
+// (the effect happened), never as missing, and the table refuses an
+// applied row without one, whoever writes it.
+func TestAppliedRecordAlwaysHasAResult(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	c, err := b.store.Claim(b.ctx, claimReq("k"))
 	require.NoError(t, err)
-	_, err = b.store.Complete(b.ctx, idempotency.CompleteRequest{Key: "k", Token: c.Record.Token, Status: idempotency.StatusApplied})
-	require.Error(t, err)
-	_, err = b.store.Settle(b.ctx, idempotency.SettleRequest{Key: "k", Token: c.Record.Token, Status: idempotency.StatusApplied})
-	require.Error(t, err)
-	// The table refuses it too, whoever writes.
-	_, err = b.pool.Exec(b.ctx, "UPDATE effect_ledger SET status = 'applied', result = NULL")
+	rec, err := b.store.Transition(b.ctx, idempotency.Change{Key: "k", Token: c.Record.Token, To: idempotency.StateApplied, By: idempotency.ByHolder})
+	require.NoError(t, err)
+	require.NotNil(t, rec.Result)
+	require.Empty(t, rec.Result)
+	_, err = b.pool.Exec(b.ctx, "UPDATE effect_ledger SET result = NULL")
 	requirePgCode(t, err, "23514") // check_violation
 	got, err := b.store.Lookup(b.ctx, []string{"k"})
 	require.NoError(t, err)
-	require.Equal(t, idempotency.StatusPending, got["k"].Status)
+	require.Equal(t, idempotency.StateApplied, got["k"].State)
+	require.Equal(t, []byte{}, got["k"].Result)
 }
 
-func TestClaimRejectsBadRequests(t *testing.T) {
+func TestBadRequestsAreTypedErrors(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	_, err := b.store.Claim(b.ctx, idempotency.ClaimRequest{Key: "", Lease: time.Minute})
 	require.Error(t, err)
 	_, err = b.store.Claim(b.ctx, idempotency.ClaimRequest{Key: "k"})
 	require.Error(t, err)
-	_, err = b.store.Complete(b.ctx, idempotency.CompleteRequest{Key: "k", Token: 1, Status: idempotency.StatusFailed, Result: []byte("1")})
-	require.Error(t, err)
-	_, err = b.store.Settle(b.ctx, idempotency.SettleRequest{Key: "k", Token: 1, Status: idempotency.StatusPending})
-	require.Error(t, err)
+	_, err = b.store.Transition(b.ctx, idempotency.Change{Key: "k", Token: 1, To: "exploded", By: idempotency.ByHolder})
+	require.ErrorIs(t, err, idempotency.ErrInvalidTransition)
+	_, err = b.store.Settle(b.ctx, idempotency.SettleRequest{Key: "k", Token: 1, State: idempotency.StateCalling})
+	require.ErrorIs(t, err, idempotency.ErrInvalidTransition)
+	require.Zero(t, ledgerRows(t, b))
 }
 
 // TestDatabaseClock: without Config.Now, the store reads the database's
@@ -505,7 +517,7 @@ func TestDatabaseClock(t *testing.T) {
 	require.NoError(t, b.pool.QueryRow(b.ctx, "SELECT clock_timestamp()").Scan(&before))
 	c, err := s.Claim(b.ctx, idempotency.ClaimRequest{Key: "k", Lease: time.Hour})
 	require.NoError(t, err)
-	require.True(t, c.Acquired)
+	require.True(t, c.Verdict.Holds())
 	require.NoError(t, b.pool.QueryRow(b.ctx, "SELECT clock_timestamp()").Scan(&after))
 	within := func(got, lo, hi time.Time) {
 		t.Helper()
@@ -517,10 +529,10 @@ func TestDatabaseClock(t *testing.T) {
 	short := idempotency.ClaimRequest{Key: "short", Lease: time.Millisecond, TakeOver: true}
 	c, err = s.Claim(b.ctx, short)
 	require.NoError(t, err)
-	require.True(t, c.Acquired)
+	require.True(t, c.Verdict.Holds())
 	time.Sleep(5 * time.Millisecond)
 	c, err = s.Claim(b.ctx, short)
 	require.NoError(t, err)
-	require.True(t, c.Acquired, "an expired lease on the database clock is taken over")
-	require.Equal(t, 2, c.Record.Attempts)
+	require.True(t, c.Verdict.Holds(), "an expired lease on the database clock is taken over")
+	require.Equal(t, 2, c.Record.Claims)
 }

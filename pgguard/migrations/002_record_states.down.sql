@@ -3,14 +3,7 @@
 -- reconciling one a pending, parked one; released and unknown ones released;
 -- in_doubt ones parked. The provider deadline, due times, generations and
 -- evidence are dropped.
-DROP INDEX effect_ledger_finished;
-DROP INDEX effect_ledger_exempt;
-DROP INDEX effect_ledger_stuck;
-DROP INDEX effect_ledger_active_key;
-
 ALTER TABLE effect_ledger
-    DROP CONSTRAINT effect_ledger_state_check,
-    DROP CONSTRAINT effect_ledger_result_check,
     ADD COLUMN status       text,
     ADD COLUMN parked       boolean NOT NULL DEFAULT false,
     ADD COLUMN call_started boolean NOT NULL DEFAULT false;
@@ -21,6 +14,8 @@ UPDATE effect_ledger SET
     call_started = state IN ('calling', 'reconciling', 'in_doubt'),
     lease_until = CASE WHEN state IN ('claimed', 'calling') THEN lease_until END;
 
+-- Dropping state drops what depends on it: the version-2 indexes and the
+-- state and result checks.
 ALTER TABLE effect_ledger
     ALTER COLUMN status SET NOT NULL,
     DROP COLUMN state,
