@@ -169,14 +169,16 @@ func destination(c callee, nargs int) int {
 	return -1
 }
 
-// keySink reports whether c builds a key or a part of one: any function of
-// package idempotency returning a Key or a Part, and any method of KeySpace,
-// Key or Part.
+// keySink reports whether c builds a key or a part of one: any function or
+// method of package idempotency returning a Key or a Part (Str, Int,
+// KeySpace.Key, KeySpace.MustKey, a method deriving a Key from a Key), and
+// any method of KeySpace. Methods reading a Key (String, Namespace) are not
+// sinks: their results carry the key's taint on, already reported.
 func keySink(c callee, sig *types.Signature) bool {
 	if c.pkg != idempotencyPath {
 		return false
 	}
-	if c.recv == "KeySpace" || c.recv == "Key" || c.recv == "Part" {
+	if c.recv == "KeySpace" {
 		return true
 	}
 	for v := range sig.Results().Variables() {

@@ -13,7 +13,10 @@ type Flow struct {
 	Param int    // for a parameter's flow: its index, the receiver first
 	Path  []string
 	Part  string // the tainted part of the result: "r1/" (second result), "f0/" (first field); "" for all
-	Sunk  bool
+	// Access is, for a parameter's flow, the part of the parameter the
+	// function reads: an argument tainted only elsewhere does not flow.
+	Access string
+	Sunk   bool
 }
 
 // summary is what callers need to know about a function. It is exported as
@@ -46,10 +49,10 @@ func (s *summary) shape() string {
 		fmt.Fprintf(&b, "R%v%v%s", s.Result.Kind, s.Result.Sunk, s.Result.Part)
 	}
 	for _, fl := range s.ToResult {
-		fmt.Fprintf(&b, ";r%d%v%s", fl.Param, fl.Sunk, fl.Part)
+		fmt.Fprintf(&b, ";r%d%v%s@%s", fl.Param, fl.Sunk, fl.Part, fl.Access)
 	}
 	for _, fl := range s.ToSink {
-		fmt.Fprintf(&b, ";s%d", fl.Param)
+		fmt.Fprintf(&b, ";s%d@%s", fl.Param, fl.Access)
 	}
 	return b.String()
 }
@@ -62,10 +65,10 @@ func (s *summary) String() string {
 		parts = append(parts, fmt.Sprintf("result%s from %v: %s", partSuffix(s.Result.Part), s.Result.Kind, strings.Join(s.Result.Path, " → ")))
 	}
 	for _, fl := range s.ToResult {
-		parts = append(parts, fmt.Sprintf("param %d to result%s", fl.Param, partSuffix(fl.Part)))
+		parts = append(parts, fmt.Sprintf("param %d%s to result%s", fl.Param, partSuffix(fl.Access), partSuffix(fl.Part)))
 	}
 	for _, fl := range s.ToSink {
-		parts = append(parts, fmt.Sprintf("param %d to sink: %s", fl.Param, strings.Join(fl.Path, " → ")))
+		parts = append(parts, fmt.Sprintf("param %d%s to sink: %s", fl.Param, partSuffix(fl.Access), strings.Join(fl.Path, " → ")))
 	}
 	return strings.Join(parts, "; ")
 }

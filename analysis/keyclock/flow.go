@@ -15,9 +15,16 @@ type trace struct {
 	kind  origin
 	steps []string
 	sunk  bool // went through a key builder, where it was reported
+
+	// For a parameter's taint: the path (fields, elements) below the
+	// parameter at which the function first read it; "" for all of it.
+	// A caller whose argument is tainted only elsewhere is not affected.
+	access   string
+	accessed bool
 }
 
 // then returns t extended by step; a step equal to the last one is folded.
+// A parameter's value transformed as a whole counts as read whole.
 func (t *trace) then(step string) *trace {
 	if t == nil {
 		return nil
@@ -27,21 +34,51 @@ func (t *trace) then(step string) *trace {
 	}
 	steps := make([]string, len(t.steps), len(t.steps)+1)
 	copy(steps, t.steps)
-	return &trace{kind: t.kind, steps: append(steps, step), sunk: t.sunk}
+	n := *t
+	n.steps = append(steps, step)
+	n.accessed = true
+	return &n
 }
 
 func (t *trace) asSunk() *trace {
 	if t.sunk {
 		return t
 	}
-	return &trace{kind: t.kind, steps: t.steps, sunk: true}
+	n := *t
+	n.sunk = true
+	return &n
+}
+
+// reading is t as read at path below the value it taints: for a parameter
+// not read before, that path becomes its access path.
+func (t *trace) reading(path string) *trace {
+	if t.kind != fromParam || t.accessed {
+		return t
+	}
+	n := *t
+	n.access, n.accessed = path, true
+	return &n
+}
+
+// applies reports whether a callee's flow from a parameter, which reads it
+// at access, carries an argument tainted at part, and which part of what
+// the callee read is tainted.
+func applies(part, access string) (rest string, ok bool) {
+	switch {
+	case part == "" || strings.HasPrefix(access, part):
+		return "", true
+	case strings.HasPrefix(part, access):
+		return part[len(access):], true
+	}
+	return "", false
 }
 
 // hit is a tainted value reaching a sink.
 type hit struct {
-	pos  token.Pos
-	kind origin
-	path []string // ends with the sink
+	pos    token.Pos
+	kind   origin
+	path   []string // ends with the sink
+	access string   // for a parameter: where the function read it
 }
 
 // cell is tainted memory: a path of fields ("f2/") and elements ("[]/")
@@ -172,11 +209,11 @@ func (f *flow) memCell(addr ssa.Value, extra string) (*trace, string) {
 	root, path := locate(addr)
 	path += extra
 	if t := f.val[root]; t != nil {
-		return t, ""
+		return t.reading(path), ""
 	}
 	for _, c := range f.mem[root] {
 		if strings.HasPrefix(path, c.path) {
-			return c.t, ""
+			return c.t.reading(path[len(c.path):]), ""
 		}
 		if strings.HasPrefix(c.path, path) {
 			return c.t, c.path[len(path):]
@@ -240,7 +277,7 @@ func (f *flow) step(ins ssa.Instruction) {
 			// A field of a loaded struct: only that field's memory counts.
 			f.set(x, f.memTaint(ld.X, fmt.Sprintf("f%d/", x.Field)))
 		} else if t := f.val[x.X]; t != nil {
-			f.set(x, t)
+			f.set(x, t.reading(fmt.Sprintf("f%d/", x.Field)))
 		} else {
 			f.set(x, f.memTaint(x.X, fmt.Sprintf("f%d/", x.Field)))
 		}
@@ -327,6 +364,26 @@ func (f *flow) step(ins ssa.Instruction) {
 	}
 }
 
+// readThrough is t as read by a callee that reads its argument a at
+// access: for a parameter of this function not read before, the access
+// path becomes a's path below it followed by the callee's.
+func (f *flow) readThrough(a ssa.Value, t *trace, access string) *trace {
+	if ld, ok := a.(*ssa.UnOp); ok && ld.Op == token.MUL {
+		a = ld.X
+	}
+	root, path := locate(a)
+	if s := f.val[root]; s != nil {
+		return s.reading(path + access)
+	}
+	for _, c := range f.mem[root] {
+		if strings.HasPrefix(path, c.path) {
+			// The parameter was stored here (a local copy of it).
+			return c.t.reading(path[len(c.path):] + access)
+		}
+	}
+	return t
+}
+
 // setResult taints a call's result, or only the part of it at path.
 func (f *flow) setResult(res ssa.Value, path string, t *trace) {
 	if path == "" {
@@ -351,7 +408,7 @@ func (f *flow) hit(ins ssa.Instruction, t *trace) {
 	if !pos.IsValid() {
 		pos = f.fn.Pos()
 	}
-	f.hits = append(f.hits, hit{pos: pos, kind: t.kind, path: t.steps})
+	f.hits = append(f.hits, hit{pos: pos, kind: t.kind, path: t.steps, access: t.access})
 }
 
 func (f *flow) call(ins ssa.CallInstruction) {
@@ -423,23 +480,27 @@ func (f *flow) call(ins ssa.CallInstruction) {
 				f.setResult(res, s.Result.Part, (&trace{kind: s.Result.Kind, steps: s.Result.Path, sunk: s.Result.Sunk}).then(label))
 			}
 			for i, a := range args {
-				t := f.taintOf(a)
+				t, part := f.taintPart(a)
 				if t == nil {
 					continue
 				}
 				if fl, ok := flowOf(s.ToSink, i); ok && !t.sunk {
-					h := t.then(label)
-					for _, st := range fl.Path {
-						h = h.then(st)
+					if _, ok := applies(part, fl.Access); ok {
+						h := f.readThrough(a, t, fl.Access).then(label)
+						for _, st := range fl.Path {
+							h = h.then(st)
+						}
+						f.hit(ins, h)
 					}
-					f.hit(ins, h)
 				}
 				if fl, ok := flowOf(s.ToResult, i); ok {
-					t = t.then(label)
-					if fl.Sunk {
-						t = t.asSunk()
+					if rest, ok := applies(part, fl.Access); ok {
+						t := f.readThrough(a, t, fl.Access).then(label)
+						if fl.Sunk {
+							t = t.asSunk()
+						}
+						f.setResult(res, fl.Part+rest, t)
 					}
-					f.setResult(res, fl.Part, t)
 				}
 			}
 			return

@@ -217,10 +217,10 @@ func (c *checker) summarize(fn *ssa.Function) *summary {
 		f := c.newFlow(fn, i)
 		f.propagate()
 		if f.result != nil {
-			s.ToResult = append(s.ToResult, Flow{Kind: fromParam, Param: i, Path: f.result.steps, Part: f.resultPart, Sunk: f.result.sunk})
+			s.ToResult = append(s.ToResult, Flow{Kind: fromParam, Param: i, Path: f.result.steps, Part: f.resultPart, Access: f.result.access, Sunk: f.result.sunk})
 		}
 		if len(f.hits) > 0 {
-			s.ToSink = append(s.ToSink, Flow{Kind: fromParam, Param: i, Path: f.hits[0].path})
+			s.ToSink = append(s.ToSink, Flow{Kind: fromParam, Param: i, Path: f.hits[0].path, Access: f.hits[0].access})
 		}
 	}
 	return s

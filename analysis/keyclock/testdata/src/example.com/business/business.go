@@ -22,7 +22,7 @@ type Payout struct {
 }
 
 // The tax year comes from the payout date: right.
-func noticeKey(p Payout, tz *time.Location) (idempotency.Key, error) { // want noticeKey:"param 0 to sink.*param 1 to sink"
+func noticeKey(p Payout, tz *time.Location) (idempotency.Key, error) { // want noticeKey:"param 0 f0 to sink.*param 1 to sink"
 	return keys.Key(idempotency.Str("payee", p.PayeeID), idempotency.Int("year", int64(p.PaidAt.In(tz).Year())))
 }
 
@@ -31,7 +31,7 @@ type Candidate struct {
 }
 
 // The library's own example: user, subscription, milestone.
-func promoKey(c Candidate) idempotency.Key { // want promoKey:"param 0 to sink"
+func promoKey(c Candidate) idempotency.Key { // want promoKey:"param 0 f0 to sink"
 	return keys.MustKey(idempotency.Str("user", c.UserID), idempotency.Str("sub", c.SubscriptionID), idempotency.Int("milestone", 12))
 }
 
@@ -65,7 +65,7 @@ func fromDB(ctx context.Context, db *sql.DB, id string) (idempotency.Key, error)
 }
 
 // The clock decides whether to act and when to give up; not the key.
-func due(p Payout, req *http.Request) bool { // want due:"param 0 to sink"
+func due(p Payout, req *http.Request) bool { // want due:"param 0 f0 to sink"
 	deadline := time.Now().Add(30 * time.Second)
 	_ = deadline
 	req.Header.Set("Idempotency-Key", "notice-"+p.PayeeID)
@@ -81,4 +81,32 @@ func shard(user int64) idempotency.Part { // want shard:"param 0 to result; para
 // Not a key builder: a retry delay may come from the clock.
 func retryLater(err error, at time.Time) error { // want retryLater:`^param 0 to result$`
 	return idempotency.Retryable(err, int64(time.Until(at)))
+}
+
+// A run whose retry delay has jitter: the jitter sits in another field than
+// the one the key is built from, and is not reported.
+type run struct {
+	user  string
+	delay time.Duration
+}
+
+func (r *run) key() idempotency.Key { // want key:`^param 0 f0 to result; param 0 f0 to sink: idempotency.Str\("user"\)$`
+	return keys.MustKey(idempotency.Str("user", r.user))
+}
+
+type outcome struct {
+	Key   idempotency.Key
+	Delay time.Duration
+}
+
+func (r *run) outcome() outcome { // want outcome:`^param 0 f0 to result f0; param 0 f0 to sink`
+	return outcome{Key: r.key(), Delay: r.delay}
+}
+
+func (r *run) retry(req *http.Request) { // want retry:`^param 0 f0 to sink: run.key\(\) → idempotency.Str\("user"\)$`
+	r.delay = time.Duration(rand.Int63n(int64(time.Second)))
+	k := r.key()
+	req.Header.Set("Idempotency-Key", k.String())
+	o := r.outcome()
+	req.Header.Set("Idempotency-Key", o.Key.String())
 }

@@ -51,7 +51,7 @@ type Payout struct {
 }
 
 // A business time through the same helper is fine.
-func taxYearKey(p Payout) idempotency.Key { // want taxYearKey:`^param 0 to result; param 0 to sink: bucket\(\) → idempotency.Int\("bucket"\)$`
+func taxYearKey(p Payout) idempotency.Key { // want taxYearKey:`^param 0 f1 to result; param 0 f1 to sink: bucket\(\) → idempotency.Int\("bucket"\)$`
 	return keys.MustKey(idempotency.Int("bucket", bucket(p.PaidAt)))
 }
 
@@ -61,7 +61,7 @@ func resend(req *http.Request) {
 }
 
 // A closure reading a captured clock value.
-func sweep(users []string) []idempotency.Key { // want sweep:`^result from the clock: time.Now → .Month → idempotency.Int\("month"\) → idempotency.KeySpace.MustKey → func literal → append; param 0 to result; param 0 to sink: func literal → idempotency.Str\("user"\)$`
+func sweep(users []string) []idempotency.Key { // want sweep:`^result from the clock: time.Now → .Month → idempotency.Int\("month"\) → idempotency.KeySpace.MustKey → func literal → append; param 0 \[\] to result; param 0 \[\] to sink: func literal → idempotency.Str\("user"\)$`
 	now := time.Now()
 	var out []idempotency.Key
 	mk := func(user string) idempotency.Key {
