@@ -3,10 +3,14 @@
 package traps
 
 import (
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"io"
 	mrand "math/rand"
 	"net/http"
 	"strconv"
@@ -93,7 +97,7 @@ func derived(req *http.Request, user string) { // want derived:"param 1 to sink"
 
 func generation(user string) idempotency.Key { // want generation:"param 0 to sink"
 	k := keys.MustKey(idempotency.Str("user", user))
-	return k.WithGeneration(time.Now().Unix()) // want `the clock: time.Now → .Unix → idempotency.Key.WithGeneration$`
+	return k.WithGeneration(time.Now().Second()) // want `the clock: time.Now → .Second → idempotency.Key.WithGeneration$`
 }
 
 func fromString() (idempotency.Key, error) { // want fromString:"result r0 from randomness"
@@ -118,4 +122,24 @@ func viaMap() idempotency.Part { // want viaMap:"result from the clock"
 	m := map[string]string{}
 	m["ts"] = time.Now().String()
 	return idempotency.Str("ts", m["ts"]) // want `the clock: time.Now → .String → idempotency.Str\("ts"\)$`
+}
+
+func readFull() idempotency.Part { // want readFull:"result from randomness"
+	b := make([]byte, 8)
+	if _, err := io.ReadFull(rand.Reader, b); err != nil {
+		panic(err)
+	}
+	return idempotency.Str("n", base64.RawURLEncoding.EncodeToString(b)) // want `randomness: crypto/rand.Reader → io.ReadFull → .EncodeToString → idempotency.Str\("n"\)$`
+}
+
+func putUvarint() idempotency.Part { // want putUvarint:"result from the clock"
+	buf := make([]byte, binary.MaxVarintLen64)
+	binary.PutUvarint(buf, uint64(time.Now().Unix()))
+	return idempotency.Str("v", hex.EncodeToString(buf)) // want `the clock: time.Now → .Unix → binary.PutUvarint → hex.EncodeToString → idempotency.Str\("v"\)$`
+}
+
+func macOfTime(secret []byte) idempotency.Part { // want macOfTime:"result from the clock.*param 0 to result; param 0 to sink"
+	h := hmac.New(sha256.New, secret)
+	h.Write([]byte(time.Now().Format(time.RFC3339)))
+	return idempotency.Str("mac", hex.EncodeToString(h.Sum(nil))) // want `the clock: time.Now → .Format → .Write → .Sum → hex.EncodeToString → idempotency.Str\("mac"\)$`
 }

@@ -26,7 +26,7 @@ func (k Key) String() string { return k.value }
 func (k Key) UUID() string { return k.value }
 
 // WithGeneration stands for a suffix a future version may add.
-func (k Key) WithGeneration(n int64) Key { return Key{value: k.value} }
+func (k Key) WithGeneration(g int) Key { return Key{value: k.value} }
 
 func (s KeySpace) Key(parts ...Part) (Key, error) { return Key{value: s.Namespace}, nil }
 
