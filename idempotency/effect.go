@@ -209,3 +209,33 @@ func hashFingerprint(b []byte) []byte {
 	sum := sha256.Sum256(b)
 	return sum[:]
 }
+
+// claimRequest is the request Run makes for key and fp.
+func (e *Effect[In, Out]) claimRequest(key Key, fp []byte, lease time.Duration) ClaimRequest {
+	return ClaimRequest{
+		Key:         key.String(),
+		Namespace:   key.Namespace(),
+		Fingerprint: fp,
+		Lease:       lease,
+		Window:      e.DedupWindow,
+		TakeOver:    e.Expired == ExpiredRetry,
+		Track:       e.Expired == ExpiredRetryUncalled,
+		Reconcile:   e.Find != nil,
+	}
+}
+
+// Preflight decides, from an active record a pre-flight lookup returned
+// (Store.Lookup), what a claim by Run would decide now on x's clock, without
+// touching the store: Decide's verdict for the request Run would make. A
+// sweep settles the verdicts that do not hold (done, mismatch, in flight,
+// not due, in doubt) without a claim; the claim stays the guard for the
+// others. fp is the fingerprint from Identity.
+func Preflight[In, Out any](x *Executor, e *Effect[In, Out], rec Record, fp []byte) Verdict {
+	lease := e.Lease
+	if lease == 0 {
+		lease = x.cfg.Lease
+	}
+	key := Key{value: rec.Key, namespace: rec.Namespace}
+	v, _ := Decide(rec, e.claimRequest(key, fp, lease), x.now())
+	return v
+}

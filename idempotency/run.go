@@ -99,16 +99,7 @@ func (r *runner[In, Out]) run(ctx context.Context) (Result[Out], error) {
 	if err := ctx.Err(); err != nil {
 		return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: before the claim: %w", r.e.Name, err))
 	}
-	claim, err := r.x.store.Claim(context.WithoutCancel(ctx), ClaimRequest{
-		Key:         key.String(),
-		Namespace:   key.Namespace(),
-		Fingerprint: fp,
-		Lease:       r.lease,
-		Window:      r.e.DedupWindow,
-		TakeOver:    r.e.Expired == ExpiredRetry,
-		Track:       r.e.Expired == ExpiredRetryUncalled,
-		Reconcile:   r.e.Find != nil,
-	})
+	claim, err := r.x.store.Claim(context.WithoutCancel(ctx), r.e.claimRequest(key, fp, r.lease))
 	if err != nil {
 		return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: claim: %w", r.e.Name, err))
 	}
@@ -333,19 +324,21 @@ func (r *runner[In, Out]) settle(ctx context.Context, rec Record, state State, p
 	if state == StateClaimed || !maybe {
 		// Nothing under this provider key may have acted.
 		due := r.dueIn(after, rec.Claims)
-		if _, terr := r.x.store.Transition(bg, withEvidence(Release(rec.Key, rec.Token, err.Error(), due), attempts)); terr != nil {
+		stored, terr := r.x.store.Transition(bg, withEvidence(Release(rec.Key, rec.Token, err.Error(), due), attempts))
+		if terr != nil {
 			return r.storeFailed(rec, "release", err, terr)
 		}
-		r.res.Delay = due
+		r.res.Record, r.res.Delay = stored, due
 		return r.retryable(err)
 	}
 	ended := last.Status != 0
 	if r.e.Expired == ExpiredRetry {
 		due := r.dueIn(after, rec.Claims)
-		if _, terr := r.x.store.Transition(bg, withEvidence(ReleaseUnknown(rec.Key, rec.Token, err.Error(), due, ended), attempts)); terr != nil {
+		stored, terr := r.x.store.Transition(bg, withEvidence(ReleaseUnknown(rec.Key, rec.Token, err.Error(), due, ended), attempts))
+		if terr != nil {
 			return r.storeFailed(rec, "release", err, terr)
 		}
-		r.res.Delay = due
+		r.res.Record, r.res.Delay = stored, due
 		return r.retryable(err)
 	}
 	return r.park(bg, rec, err, ended)
@@ -389,9 +382,11 @@ func (r *runner[In, Out]) dueIn(after time.Duration, claims int) time.Duration {
 // run (retryable); without Find an operator must (needs reconciliation).
 func (r *runner[In, Out]) park(bg context.Context, rec Record, cause error, ended bool) (Result[Out], error) {
 	c := withEvidence(Park(rec.Key, rec.Token, cause.Error(), ended), r.res.Attempts)
-	if _, err := r.x.store.Transition(bg, c); err != nil {
+	stored, err := r.x.store.Transition(bg, c)
+	if err != nil {
 		return r.storeFailed(rec, "park", cause, err)
 	}
+	r.res.Record = stored
 	if r.e.Find != nil {
 		return r.fail(OutcomeRetryable, fmt.Errorf("idempotency: %s: %w: in doubt, a later run asks the provider: %w", r.e.Name, ErrRetryable, cause))
 	}
@@ -489,10 +484,11 @@ func (r *runner[In, Out]) reconcile(ctx context.Context, rec Record) (Result[Out
 		_, after := Classify(err)
 		c := Park(rec.Key, rec.Token, "find: "+err.Error(), true)
 		c.DueIn = r.dueIn(after, rec.Claims)
-		if _, terr := r.x.store.Transition(bg, c); terr != nil {
+		stored, terr := r.x.store.Transition(bg, c)
+		if terr != nil {
 			return r.storeFailed(rec, "park after find", err, terr)
 		}
-		r.res.Delay = c.DueIn
+		r.res.Record, r.res.Delay = stored, c.DueIn
 		return r.fail(OutcomeRetryable, fmt.Errorf("idempotency: %s: %w: find: %w", r.e.Name, ErrRetryable, err))
 	}
 	if found {

@@ -5,17 +5,34 @@
 // Every request carries the effect's key in a header, "Idempotency-Key" by
 // default as in the IETF HTTPAPI draft, or the name the receiver expects.
 // The key is set on every attempt, in-run retries included, and a request
-// without a key is never sent. Answers are classified for the executor:
-// 2xx is success; network errors, 408, 425, 429 and 5xx are retryable
-// (honouring Retry-After); 409 (the draft's "a request with this key is in
-// flight") is retryable; 422 (the draft's "key reused with another
-// payload") is a mismatch; other 4xx are permanent. See Do.
+// without a key is never sent. Answers are classified by what they prove
+// the receiver did (see Do): 2xx and 3xx are done (a redirect answering a
+// write says the receiver handled it); 408, 409, 425, 429 and 503 and a
+// request never written say it did not act (retried, honouring
+// Retry-After); 422 is the draft's mismatch; other 4xx are refusals; 5xx
+// and an answer lost after the request was written leave it unknown; a
+// replayed 5xx needs reconciliation. Each answer's status, request id and
+// replay flag go into the attempt's evidence in the ledger.
+//
+// # Safety settings
+//
+// Effect sets them from Config, at the level of package stripeeffect's, so
+// that nothing has to be copied from an example:
+//
+//	setting       receiver deduplicates by the key      Config.ReceiverIgnoresKey
+//	Expired       ExpiredRetry                          ExpiredRetryUncalled
+//	DedupWindow   Config.DedupWindow (default 24 h)     none
+//	Fingerprint   method, URL and body                  method, URL and body
+//	Retry         DefaultRetry, 3 attempts              DefaultRetry, only what did not act
+//	unknown outcome   retried under the same key        in doubt: Find or an operator
 //
 // # Request bodies
 //
-// The effect calls its build function once per attempt, so every attempt
-// sends a freshly built request and body. Build it from the input only,
-// never from state an earlier attempt changed.
+// The effect calls its build function once per attempt, and once per run
+// for the fingerprint, so every attempt sends a freshly built request and
+// body. Build it from the input only, never from state an earlier attempt
+// changed (or the clock: a body that carries the time changes the
+// fingerprint on every delivery; set Fingerprint yourself then).
 //
 // # Receivers that ignore the key
 //
@@ -25,17 +42,12 @@
 // finished intent is answered from the ledger. What the claim cannot tell
 // is whether a request whose answer was lost reached the receiver; a
 // retry could then repeat the effect. Set Config.ReceiverIgnoresKey for
-// such receivers: ambiguous failures are parked for reconciliation instead
-// of retried. Give the effect idempotency.ExpiredRetryUncalled (or keep the
-// default ExpiredPark): a claim left by a worker that crashed before its
-// request is then taken over, and one whose request had started is parked,
-// never retried blindly. examples/affpostback shows the whole pattern.
-//
-// Receivers that do deduplicate by the key (and replay their first answer)
-// make retries safe within their dedup window; set the effect's Expired
-// and DedupWindow accordingly. If such a receiver replays a saved 5xx for
-// ever, classify it yourself with idempotency.Reconcile: a retry will not
-// change its answer.
+// such receivers: the effect records the start of each call, takes over a
+// claim whose request never started, and leaves a record whose request
+// may have acted in doubt, never retried blindly. Give the effect a Find
+// (ask the receiver's API whether the postback exists) and such records
+// settle themselves; without one an operator settles them.
+// examples/affpostback shows the whole pattern.
 //
 // The package depends on the standard library only.
 package httpeffect

@@ -65,5 +65,5 @@ func ExampleDo() {
 	fmt.Println(class, after)
 	// Output:
 	// received key: orders.refund:v1:request=rr_1
-	// retryable 30s
+	// not_acted 30s
 }

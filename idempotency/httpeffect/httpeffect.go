@@ -1,6 +1,7 @@
 package httpeffect
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -57,8 +58,8 @@ var oneShotClient = func() *http.Client {
 // Config configures the adapter. The zero value (or nil) is ready to use.
 type Config struct {
 	// Client sends the requests. Nil means a client with a DefaultTimeout
-	// (10s) timeout that does not follow redirects (a 3xx is then a
-	// permanent failure); with ReceiverIgnoresKey, one that also opens a
+	// (10s) timeout that does not follow redirects (a 3xx answering the
+	// write is its answer); with ReceiverIgnoresKey, one that also opens a
 	// connection per request. Keep the effect's lease well above the
 	// timeout times the in-run attempts.
 	Client *http.Client
@@ -78,12 +79,12 @@ type Config struct {
 	KeepHeaders []string
 
 	// ReceiverIgnoresKey says the receiver does not deduplicate by the
-	// key. Answers that leave the effect's fate unknown (the connection
-	// lost after the request was written, 500, 502, 504) are then
-	// classified idempotency.Reconcile instead of Retryable, because a
-	// retry could repeat the effect: the record is parked for an operator.
-	// Refusals that say nothing happened (408, 425, 429, 503, a request
-	// never written) stay retryable.
+	// key. Effect then gives the effect idempotency.ExpiredRetryUncalled:
+	// an answer that leaves the effect's fate unknown (the connection lost
+	// after the request was written, a 5xx) is never retried, in-run or
+	// later; the record is in doubt until a Find (set the effect's Find)
+	// or an operator settles it. Refusals that say nothing happened (408,
+	// 409, 425, 429, 503, a request never written) are retried.
 	//
 	// It also keeps net/http from re-sending a request by itself: Go's
 	// transport replays a request carrying an Idempotency-Key header when
@@ -92,6 +93,31 @@ type Config struct {
 	// GetBody. A Client of your own should disable keep-alives too, or the
 	// transport may still replay a request without a body.
 	ReceiverIgnoresKey bool
+
+	// DedupWindow is how long a receiver that deduplicates by the key
+	// remembers it: Effect sets it as the effect's DedupWindow. Zero
+	// means DefaultDedupWindow (24 hours, Stripe's). Ignored with
+	// ReceiverIgnoresKey.
+	DedupWindow time.Duration
+
+	// RequestIDHeader names the response header holding the receiver's id
+	// of the request, kept in each attempt's evidence. Empty means
+	// "Request-Id", then "X-Request-Id".
+	RequestIDHeader string
+}
+
+// DefaultDedupWindow is the receiver's memory of a key when
+// Config.DedupWindow is zero.
+const DefaultDedupWindow = 24 * time.Hour
+
+// DefaultRetry is the in-run retry policy Effect sets: three attempts, 0.5 s
+// then 1 s apart (a Retry-After up to 5 s wins), all under the same key. An
+// attempt that may have acted is retried only where the receiver
+// deduplicates by the key.
+var DefaultRetry = idempotency.RetryPolicy{
+	MaxAttempts:    3,
+	InitialBackoff: 500 * time.Millisecond,
+	MaxBackoff:     5 * time.Second,
 }
 
 // resolved is a validated Config with its defaults filled in.
@@ -101,6 +127,8 @@ type resolved struct {
 	maxBody    int64
 	keep       []string
 	ignoresKey bool
+	window     time.Duration
+	requestID  []string
 }
 
 func (c *Config) resolve() (*resolved, error) {
@@ -108,7 +136,17 @@ func (c *Config) resolve() (*resolved, error) {
 	if c != nil {
 		cfg = *c
 	}
-	r := &resolved{client: cfg.Client, header: cfg.HeaderName, maxBody: cfg.MaxBody, ignoresKey: cfg.ReceiverIgnoresKey}
+	r := &resolved{client: cfg.Client, header: cfg.HeaderName, maxBody: cfg.MaxBody, ignoresKey: cfg.ReceiverIgnoresKey,
+		window: cfg.DedupWindow, requestID: []string{"Request-Id", "X-Request-Id"}}
+	if cfg.RequestIDHeader != "" {
+		r.requestID = []string{cfg.RequestIDHeader}
+	}
+	switch {
+	case r.window < 0:
+		return nil, fmt.Errorf("%w: negative DedupWindow", ErrInvalidConfig)
+	case r.window == 0:
+		r.window = DefaultDedupWindow
+	}
 	if r.client == nil {
 		r.client = defaultClient
 		if r.ignoresKey {
@@ -192,20 +230,31 @@ func (e *StatusError) Error() string {
 }
 
 // Effect returns an effect that performs one HTTP request per call, built
-// by build and sent by Do with the key in the configured header.
+// by build and sent by Do with the key in the configured header. Its safety
+// settings are chosen from cfg, at the level of package stripeeffect's:
 //
-// build is called for every attempt, in-run retries included, so a request
-// body is never a reader already drained by the previous attempt: build a
-// fresh request each time, from in only. Its errors are returned as they
-// are when classified (idempotency.Retryable, ...) and as permanent
-// otherwise; nothing is sent.
+//	setting       receiver deduplicates by the key        Config.ReceiverIgnoresKey
+//	Expired       idempotency.ExpiredRetry                idempotency.ExpiredRetryUncalled
+//	DedupWindow   Config.DedupWindow (default 24 h)       none
+//	Fingerprint   method, URL and body of the request     the same
+//	Retry         DefaultRetry (3 attempts)               DefaultRetry (only what provably did not act)
+//	after a crash retried under the same key              taken over if its request never started, else in doubt
 //
-// Set the returned effect's other fields (Fingerprint, Lease, Retry,
-// OnComplete, Expired, DedupWindow) before its first run.
+// Replace any of them on the returned effect before its first run, and set
+// OnComplete, Lease or Find (a way to ask the receiver whether the effect
+// exists, which settles records in doubt).
+//
+// build is called for every attempt, in-run retries included, and once per
+// run for the fingerprint, so a request body is never a reader already
+// drained: build a fresh request each time, from in only (a body that
+// carries the time would change the fingerprint on every delivery: then
+// set Fingerprint yourself). Its errors are returned as they are when
+// classified (idempotency.NotActed, ...) and as permanent otherwise;
+// nothing is sent.
 //
 // Effect panics if build is nil or cfg is invalid (a HeaderName that is not
-// a header field name, a negative MaxBody): a configuration mistake found
-// when the program starts, not at the first delivery.
+// a header field name, a negative MaxBody or DedupWindow): a configuration
+// mistake found when the program starts, not at the first delivery.
 func Effect[In any](name string, key func(In) (idempotency.Key, error), build func(ctx context.Context, in In) (*http.Request, error), cfg *Config) *idempotency.Effect[In, Response] {
 	if build == nil {
 		panic("httpeffect: Effect " + name + ": nil build function")
@@ -214,9 +263,17 @@ func Effect[In any](name string, key func(In) (idempotency.Key, error), build fu
 	if err != nil {
 		panic(fmt.Sprintf("httpeffect: Effect %s: %v", name, err))
 	}
-	return &idempotency.Effect[In, Response]{
+	retry := DefaultRetry
+	e := &idempotency.Effect[In, Response]{
 		Name: name,
 		Key:  key,
+		Fingerprint: func(in In) ([]byte, error) {
+			req, err := build(context.Background(), in)
+			if err != nil {
+				return nil, fmt.Errorf("build request: %w", err)
+			}
+			return requestFingerprint(req)
+		},
 		Call: func(ctx context.Context, k idempotency.Key, in In) (Response, error) {
 			if k.IsZero() {
 				return Response{}, idempotency.Permanent(ErrNoKey)
@@ -230,26 +287,58 @@ func Effect[In any](name string, key func(In) (idempotency.Key, error), build fu
 			}
 			return r.do(ctx, k, req)
 		},
+		Expired: idempotency.ExpiredRetry,
+		Retry:   &retry,
 	}
+	if r.ignoresKey {
+		e.Expired = idempotency.ExpiredRetryUncalled
+	} else {
+		e.DedupWindow = r.window
+	}
+	return e
+}
+
+// requestFingerprint is what identifies the payload of a request: its
+// method, URL and body.
+func requestFingerprint(req *http.Request) ([]byte, error) {
+	if req == nil || req.URL == nil {
+		return nil, errors.New("nil request or URL")
+	}
+	var b bytes.Buffer
+	b.WriteString(req.Method)
+	b.WriteByte('\n')
+	b.WriteString(req.URL.String())
+	b.WriteByte('\n')
+	if req.Body != nil && req.Body != http.NoBody {
+		defer req.Body.Close()
+		if _, err := io.Copy(&b, req.Body); err != nil {
+			return nil, fmt.Errorf("read request body: %w", err)
+		}
+	}
+	return b.Bytes(), nil
 }
 
 // Do sends req with key in the configured header (replacing any value req
-// had) and classifies the answer for the executor:
+// had) and classifies the answer by what it proves the receiver did:
 //
-//   - 2xx: success.
-//   - network errors, 408, 425, 429 and 5xx: idempotency.Retryable, with
-//     the Retry-After header's delay (seconds or an HTTP date) when given.
-//     With Config.ReceiverIgnoresKey, see there.
-//   - 409: idempotency.Retryable. In the IETF draft, a request with this
-//     key is still being processed; back off and retry with the same key.
-//   - 422: idempotency.Mismatch. In the IETF draft, the key was used with
-//     another payload.
-//   - other 4xx, 3xx (redirects are not followed by the default client)
-//     and anything else: idempotency.Permanent.
+//	answer                                          class                      why
+//	2xx                                             success
+//	3xx                                             success                    a redirect answering a write says the receiver handled it (POST-redirect-GET); Response keeps Location
+//	408, 425, 429, 503; 409                         idempotency.NotActed       refused before acting (409: the IETF draft's "a request with this key is in flight"); Retry-After honoured
+//	422                                             idempotency.Mismatch       the IETF draft's "key reused with another payload"
+//	other 4xx                                       idempotency.Permanent      refused; the same request cannot succeed
+//	5xx replayed (Idempotent-Replayed: true)        idempotency.Reconcile      the receiver saved a failure and will repeat it under this key
+//	other 5xx                                       idempotency.Unknown        it may have acted; Retry-After honoured
+//	network error before the request was written    idempotency.NotActed       nothing reached the receiver
+//	network error after it was written              idempotency.Unknown        the answer was lost; it may have acted
 //
-// Failures wrap a *StatusError for an answer, or the client's error. A
-// zero key is ErrNoKey: nothing is sent. Do does not modify req; it sends a
-// clone bound to ctx. cfg may be nil.
+// What the effect's executor then does with an unknown outcome depends on
+// its policy (Effect sets it from Config.ReceiverIgnoresKey). Failures wrap a
+// *StatusError for an answer, or the client's error. The status, the
+// receiver's request id and whether the answer was a replay are reported to
+// the executor's evidence (idempotency.Observe). A zero key is ErrNoKey:
+// nothing is sent. Do does not modify req; it sends a clone bound to ctx.
+// cfg may be nil.
 func Do(ctx context.Context, key idempotency.Key, req *http.Request, cfg *Config) (Response, error) {
 	r, err := cfg.resolve()
 	if err != nil {
@@ -284,35 +373,46 @@ func (r *resolved) do(ctx context.Context, key idempotency.Key, req *http.Reques
 	resp, err := r.client.Do(out)
 	if err != nil {
 		err = fmt.Errorf("httpeffect: %s %s: %w", req.Method, req.URL.Host, err)
-		if written.Load() && r.ignoresKey {
-			return Response{}, idempotency.Reconcile(err)
+		if written.Load() {
+			return Response{}, idempotency.Unknown(err, 0)
 		}
-		return Response{}, idempotency.Retryable(err, 0)
+		return Response{}, idempotency.NotActed(err, 0)
 	}
 	res, bodyErr := r.read(resp)
-	if 200 <= res.Status && res.Status < 300 {
-		// The receiver said it acted; a body cut short does not undo that.
+	replayed := strings.EqualFold(strings.TrimSpace(resp.Header.Get("Idempotent-Replayed")), "true")
+	idempotency.Observe(ctx, idempotency.Observation{Status: res.Status, RequestID: r.requestIDOf(resp.Header), Replayed: replayed})
+	if 200 <= res.Status && res.Status < 400 {
+		// The receiver said it acted (a 3xx to a write included); a body
+		// cut short does not undo that.
 		if bodyErr != nil {
 			res.Truncated = true
 		}
 		return res, nil
 	}
 	serr := &StatusError{Method: req.Method, Host: req.URL.Host, Response: res}
+	after := retryAfter(resp.Header.Get("Retry-After"), time.Now())
 	switch s := res.Status; {
-	case s == http.StatusRequestTimeout, s == http.StatusTooEarly, s == http.StatusTooManyRequests, s == http.StatusServiceUnavailable:
-		return res, idempotency.Retryable(serr, retryAfter(resp.Header.Get("Retry-After"), time.Now()))
-	case s >= 500 && s < 600:
-		if r.ignoresKey {
-			return res, idempotency.Reconcile(serr)
-		}
-		return res, idempotency.Retryable(serr, retryAfter(resp.Header.Get("Retry-After"), time.Now()))
-	case s == http.StatusConflict:
-		return res, idempotency.Retryable(serr, retryAfter(resp.Header.Get("Retry-After"), time.Now()))
+	case s == http.StatusRequestTimeout, s == http.StatusTooEarly, s == http.StatusTooManyRequests,
+		s == http.StatusServiceUnavailable, s == http.StatusConflict:
+		return res, idempotency.NotActed(serr, after)
 	case s == http.StatusUnprocessableEntity:
 		return res, idempotency.Mismatch(serr)
+	case s >= 500 && replayed:
+		return res, idempotency.Reconcile(serr)
+	case s >= 500:
+		return res, idempotency.Unknown(serr, after)
 	default:
 		return res, idempotency.Permanent(serr)
 	}
+}
+
+func (r *resolved) requestIDOf(h http.Header) string {
+	for _, name := range r.requestID {
+		if v := h.Get(name); v != "" {
+			return v
+		}
+	}
+	return ""
 }
 
 // read keeps the status, the kept headers and at most maxBody bytes of the

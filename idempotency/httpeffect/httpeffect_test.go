@@ -101,36 +101,40 @@ func TestDoClassifiesStatuses(t *testing.T) {
 		class      idempotency.Class // ClassUnknown here means success
 		retryAfter time.Duration
 	}
-	retryable := want{class: idempotency.ClassRetryable}
+	notActed := want{class: idempotency.ClassNotActed}
+	unknown := want{class: idempotency.ClassUnknown}
 	permanent := want{class: idempotency.ClassPermanent}
+	success := want{class: 255}
 	cases := []struct {
 		status     int
 		retryAfter string
 		want       want
 	}{
-		{200, "", want{}},
-		{201, "", want{}},
-		{202, "", want{}},
-		{204, "", want{}},
-		{408, "", retryable},
-		{425, "", retryable},
-		{429, "", retryable},
-		{429, "7", want{idempotency.ClassRetryable, 7 * time.Second}},
-		{429, "0", retryable},
-		{429, "soon", retryable},
-		{500, "", retryable},
-		{502, "", retryable},
-		{503, "120", want{idempotency.ClassRetryable, 2 * time.Minute}},
-		{504, "", retryable},
-		{409, "", retryable},
-		{409, "2", want{idempotency.ClassRetryable, 2 * time.Second}},
+		{200, "", success},
+		{201, "", success},
+		{202, "", success},
+		{204, "", success},
+		{302, "", success}, // a redirect answering a write: the receiver handled it
+		{303, "", success}, // POST-redirect-GET
+		{408, "", notActed},
+		{425, "", notActed},
+		{429, "", notActed},
+		{429, "7", want{idempotency.ClassNotActed, 7 * time.Second}},
+		{429, "0", notActed},
+		{429, "soon", notActed},
+		{503, "120", want{idempotency.ClassNotActed, 2 * time.Minute}},
+		{409, "", notActed},
+		{409, "2", want{idempotency.ClassNotActed, 2 * time.Second}},
+		{500, "", unknown},
+		{502, "", unknown},
+		{504, "", unknown},
+		{504, "3", want{idempotency.ClassUnknown, 3 * time.Second}},
 		{422, "", want{class: idempotency.ClassMismatch}},
 		{400, "", permanent},
 		{401, "", permanent},
 		{403, "", permanent},
 		{404, "", permanent},
 		{410, "", permanent},
-		{302, "", permanent}, // the default client does not follow redirects
 	}
 	for _, tc := range cases {
 		t.Run(fmt.Sprintf("%d_RetryAfter_%s", tc.status, tc.retryAfter), func(t *testing.T) {
@@ -139,8 +143,8 @@ func TestDoClassifiesStatuses(t *testing.T) {
 				if tc.retryAfter != "" {
 					w.Header().Set("Retry-After", tc.retryAfter)
 				}
-				if tc.status == 302 {
-					w.Header().Set("Location", "/elsewhere")
+				if tc.status == 302 || tc.status == 303 {
+					w.Header().Set("Location", "/postbacks/1")
 				}
 				w.WriteHeader(tc.status)
 				if tc.status != 204 {
@@ -150,8 +154,11 @@ func TestDoClassifiesStatuses(t *testing.T) {
 			res, err := httpeffect.Do(context.Background(), key("c1"), rc.post(t, "{}"), nil)
 			require.Equal(t, tc.status, res.Status)
 			require.Len(t, rc.seen(), 1, "one request per Do; redirects not followed")
-			if tc.want.class == idempotency.ClassUnknown {
+			if tc.want == success {
 				require.NoError(t, err)
+				if tc.status >= 300 {
+					require.Equal(t, "/postbacks/1", res.Header.Get("Location"), "the redirect's target is kept")
+				}
 				return
 			}
 			require.Error(t, err)
@@ -175,14 +182,14 @@ func TestDoHonoursRetryAfterDate(t *testing.T) {
 	})
 	_, err := httpeffect.Do(context.Background(), key("c1"), rc.post(t, "{}"), nil)
 	class, after := idempotency.Classify(err)
-	require.Equal(t, idempotency.ClassRetryable, class)
+	require.Equal(t, idempotency.ClassNotActed, class)
 	// The date has a one-second resolution: allow for it and for the
 	// exchange itself, not for a slow machine's sleep.
 	require.Greater(t, after, 80*time.Second)
 	require.LessOrEqual(t, after, 90*time.Second)
 }
 
-func TestDoNetworkErrorIsRetryable(t *testing.T) {
+func TestDoRequestNeverWrittenIsNotActed(t *testing.T) {
 	t.Parallel()
 	rc := newReceiver(t, nil)
 	req := rc.post(t, "{}")
@@ -191,7 +198,7 @@ func TestDoNetworkErrorIsRetryable(t *testing.T) {
 		_, err := httpeffect.Do(context.Background(), key("c1"), req, cfg)
 		require.Error(t, err)
 		class, _ := idempotency.Classify(err)
-		require.Equal(t, idempotency.ClassRetryable, class, "a request never written is safe to retry, whatever the receiver")
+		require.Equal(t, idempotency.ClassNotActed, class, "a request never written is safe to retry, whatever the receiver")
 	}
 }
 
@@ -210,7 +217,7 @@ func dropAfterReading(drop int) func(w http.ResponseWriter, r *http.Request, n i
 	}
 }
 
-func TestDoLostAnswerIsParkedWhenReceiverIgnoresKey(t *testing.T) {
+func TestDoLostAnswerIsUnknownAndNeverResentByNetHTTP(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name   string
@@ -232,16 +239,16 @@ func TestDoLostAnswerIsParkedWhenReceiverIgnoresKey(t *testing.T) {
 			_, err = httpeffect.Do(context.Background(), key("c1"), rc.post(t, `{"amount":5}`), tc.cfg)
 			require.Error(t, err)
 			class, _ := idempotency.Classify(err)
-			require.Equal(t, idempotency.ClassReconcile, class, "the receiver may have acted: %v", err)
+			require.Equal(t, idempotency.ClassUnknown, class, "the receiver may have acted: %v", err)
 			require.Len(t, rc.seen(), 2, "net/http must not re-send the request by itself")
 		})
 	}
 }
 
-// With a receiver that deduplicates, a lost answer is retryable, and Go's
-// transport may even re-send the request itself on a reused connection:
-// harmless, since it carries the same key.
-func TestDoLostAnswerIsRetryableWhenReceiverDeduplicates(t *testing.T) {
+// With a receiver that deduplicates, Go's transport may even re-send the
+// request itself on a reused connection: harmless, since it carries the
+// same key.
+func TestDoLostAnswerWhenReceiverDeduplicates(t *testing.T) {
 	t.Parallel()
 	rc := newReceiver(t, dropAfterReading(2))
 	cfg := &httpeffect.Config{Client: rc.srv.Client()}
@@ -250,7 +257,7 @@ func TestDoLostAnswerIsRetryableWhenReceiverDeduplicates(t *testing.T) {
 	_, err = httpeffect.Do(context.Background(), key("c1"), rc.post(t, "{}"), cfg)
 	if err != nil {
 		class, _ := idempotency.Classify(err)
-		require.Equal(t, idempotency.ClassRetryable, class)
+		require.Equal(t, idempotency.ClassUnknown, class)
 	}
 	hits := rc.seen()
 	for _, h := range hits[1:] {
@@ -402,7 +409,7 @@ func TestEffectBuildErrors(t *testing.T) {
 		class idempotency.Class
 	}{
 		{buildErr, idempotency.ClassPermanent},
-		{idempotency.Retryable(buildErr, time.Second), idempotency.ClassRetryable},
+		{idempotency.NotActed(buildErr, time.Second), idempotency.ClassNotActed},
 	} {
 		eff := httpeffect.Effect("aff.postback",
 			func(c conversion) (idempotency.Key, error) { return key(c.ID), nil },
@@ -419,7 +426,7 @@ func TestEffectBuildErrors(t *testing.T) {
 func TestInvalidConfigIsRefusedBeforeSending(t *testing.T) {
 	t.Parallel()
 	rc := newReceiver(t, nil)
-	for _, cfg := range []*httpeffect.Config{{HeaderName: "Bad Header"}, {HeaderName: "Key:"}, {MaxBody: -1}} {
+	for _, cfg := range []*httpeffect.Config{{HeaderName: "Bad Header"}, {HeaderName: "Key:"}, {MaxBody: -1}, {DedupWindow: -time.Second}} {
 		_, err := httpeffect.Do(context.Background(), key("c1"), rc.post(t, "{}"), cfg)
 		require.ErrorIs(t, err, httpeffect.ErrInvalidConfig)
 		require.Panics(t, func() { postbackEffect(rc, cfg) })
@@ -428,4 +435,111 @@ func TestInvalidConfigIsRefusedBeforeSending(t *testing.T) {
 		httpeffect.Effect[conversion]("x", func(conversion) (idempotency.Key, error) { return key("c"), nil }, nil, nil)
 	})
 	require.Empty(t, rc.seen())
+}
+
+func TestDoReplayedServerErrorIsReconcile(t *testing.T) {
+	t.Parallel()
+	rc := newReceiver(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		w.Header().Set("Idempotent-Replayed", "true")
+		w.Header().Set("X-Request-Id", "req_42")
+		w.WriteHeader(http.StatusInternalServerError)
+	})
+	_, err := httpeffect.Do(context.Background(), key("c1"), rc.post(t, "{}"), nil)
+	class, _ := idempotency.Classify(err)
+	require.Equal(t, idempotency.ClassReconcile, class, "the receiver replays a saved failure: asking again cannot tell")
+}
+
+// TestEffectDefaultsMatchTheReceiver: the safety settings follow
+// ReceiverIgnoresKey, as documented on Effect.
+func TestEffectDefaultsMatchTheReceiver(t *testing.T) {
+	t.Parallel()
+	rc := newReceiver(t, nil)
+	dedup := postbackEffect(rc, nil)
+	require.Equal(t, idempotency.ExpiredRetry, dedup.Expired)
+	require.Equal(t, httpeffect.DefaultDedupWindow, dedup.DedupWindow)
+	require.Equal(t, httpeffect.DefaultRetry, *dedup.Retry)
+	require.NotNil(t, dedup.Fingerprint)
+	require.Equal(t, 2*time.Hour, postbackEffect(rc, &httpeffect.Config{DedupWindow: 2 * time.Hour}).DedupWindow)
+
+	ignores := postbackEffect(rc, &httpeffect.Config{ReceiverIgnoresKey: true})
+	require.Equal(t, idempotency.ExpiredRetryUncalled, ignores.Expired)
+	require.Zero(t, ignores.DedupWindow)
+	require.Equal(t, httpeffect.DefaultRetry, *ignores.Retry)
+
+	// The fingerprint covers what is sent: the same conversion with another
+	// amount is refused before anything is sent.
+	x := newExecutor(t)
+	_, err := idempotency.Run(context.Background(), x, dedup, conversion{ID: "cv_1", Amount: 100})
+	require.NoError(t, err)
+	res, err := idempotency.Run(context.Background(), x, dedup, conversion{ID: "cv_1", Amount: 999})
+	require.ErrorIs(t, err, idempotency.ErrFingerprintMismatch)
+	require.Equal(t, idempotency.OutcomeMismatch, res.Outcome)
+	require.Len(t, rc.seen(), 1)
+	a, _, err := dedup.Identity(conversion{ID: "cv_1", Amount: 100})
+	require.NoError(t, err)
+	require.Equal(t, key("cv_1"), a)
+}
+
+// TestRedirectAnsweringAWriteIsDone: a receiver that acts and answers 303
+// See Other has handled the postback; the key stays blocked, and the next
+// tick posts nothing, even for a receiver that ignores keys.
+func TestRedirectAnsweringAWriteIsDone(t *testing.T) {
+	t.Parallel()
+	rc := newReceiver(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		w.Header().Set("Location", "/postbacks/77")
+		w.WriteHeader(http.StatusSeeOther)
+	})
+	eff := postbackEffect(rc, &httpeffect.Config{ReceiverIgnoresKey: true})
+	x := newExecutor(t)
+	res, err := idempotency.Run(context.Background(), x, eff, conversion{ID: "cv_3", Amount: 10})
+	require.NoError(t, err)
+	require.Equal(t, idempotency.OutcomeApplied, res.Outcome)
+	require.Equal(t, http.StatusSeeOther, res.Value.Status)
+	require.Equal(t, "/postbacks/77", res.Value.Header.Get("Location"))
+	res, err = idempotency.Run(context.Background(), x, eff, conversion{ID: "cv_3", Amount: 10})
+	require.NoError(t, err)
+	require.Equal(t, idempotency.OutcomeAlreadyApplied, res.Outcome)
+	require.Len(t, rc.seen(), 1, "one postback")
+}
+
+// TestUnknownAnswerFromAReceiverThatIgnoresKeysIsNeverRepeated: a 500 may
+// have been acted on; without Find the record waits for an operator, with
+// Find the next run asks and settles it. One postback in all.
+func TestUnknownAnswerFromAReceiverThatIgnoresKeysIsNeverRepeated(t *testing.T) {
+	t.Parallel()
+	acted := map[string]bool{}
+	var mu sync.Mutex
+	rc := newReceiver(t, func(w http.ResponseWriter, r *http.Request, n int) {
+		mu.Lock()
+		acted[r.Header.Get("Idempotency-Key")] = true
+		mu.Unlock()
+		w.Header().Set("Request-Id", fmt.Sprintf("req_%d", n))
+		w.WriteHeader(http.StatusBadGateway) // acted, then the gateway failed
+	})
+	eff := postbackEffect(rc, &httpeffect.Config{ReceiverIgnoresKey: true})
+	x := newExecutor(t)
+	res, err := idempotency.Run(context.Background(), x, eff, conversion{ID: "cv_5", Amount: 10})
+	require.ErrorIs(t, err, idempotency.ErrNeedsReconciliation)
+	require.Equal(t, 1, res.Calls, "an unknown answer is not retried in-run, whatever MaxAttempts")
+	require.Equal(t, idempotency.StateInDoubt, res.Record.State)
+	require.Len(t, res.Record.Evidence, 1)
+	require.Equal(t, idempotency.Attempt{Generation: 1, Class: idempotency.AttemptUnknown, Status: 502, RequestID: "req_1"},
+		idempotency.Attempt{Generation: res.Record.Evidence[0].Generation, Class: res.Record.Evidence[0].Class,
+			Status: res.Record.Evidence[0].Status, RequestID: res.Record.Evidence[0].RequestID})
+	res, _ = idempotency.Run(context.Background(), x, eff, conversion{ID: "cv_5", Amount: 10})
+	require.Equal(t, idempotency.OutcomeNeedsReconciliation, res.Outcome)
+
+	// The receiver can be asked (its API lists postbacks by conversion).
+	eff.Find = func(ctx context.Context, k idempotency.Key, c conversion) (httpeffect.Response, bool, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if acted[k.String()] {
+			return httpeffect.Response{Status: http.StatusOK, Body: []byte(`{"found":true}`)}, true, nil
+		}
+		return httpeffect.Response{}, false, nil
+	}
+	res, err = idempotency.Run(context.Background(), x, eff, conversion{ID: "cv_5", Amount: 10})
+	require.NoError(t, err)
+	require.Equal(t, idempotency.OutcomeReconciled, res.Outcome)
+	require.Len(t, rc.seen(), 1, "one postback in all")
 }

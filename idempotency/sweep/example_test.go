@@ -51,8 +51,8 @@ func ExampleRun() {
 	fmt.Println("codes created in both ticks:", created.Load())
 	// Output:
 	// <nil>
-	// candidates=6 applied=3 already_applied=2 invalid=1 provider_calls=3 saved_by_preflight=2 lookups=1 batches=1 failures=1
-	// #5 <no key> invalid: idempotency: loyalty.promo: key: idempotency: invalid key in namespace loyalty.promo, part sub: empty value
+	// candidates=6 applied=3 already_applied=2 invalid=1 provider_calls=3 saved_by_preflight=2 reconciled=0 lookups=1 batches=1 failures=1
+	// #5 <no key> invalid: loyalty.promo: key: idempotency: invalid key in namespace loyalty.promo, part sub: empty value
 	// codes created in both ticks: 5
 }
 

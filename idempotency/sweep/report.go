@@ -32,18 +32,23 @@ type Report struct {
 	ProviderCalls int
 	// SavedByPreflight counts candidates the batch pre-flight settled on
 	// its own, with no claim and no provider call: already applied or
-	// skipped with the same fingerprint, or held with another fingerprint
-	// (reported as a mismatch).
+	// skipped, held elsewhere under a live lease, not yet due, held with
+	// another fingerprint (a mismatch), or in doubt with no Find.
 	SavedByPreflight int
+	// Reconciled counts runs that asked the provider about a record in
+	// doubt (Effect.Find): found and recorded (OutcomeReconciled) or sent
+	// again under a new provider-key generation.
+	Reconciled int
 	// Lookups is the number of pre-flight Store.Lookup calls: one per
 	// batch that holds at least one valid key.
 	Lookups int
 	// Batches is the number of batches processed.
 	Batches int
 	// Failures lists, by Index, the candidates that did not reach a good
-	// outcome: invalid input and runs that returned an error (retryable,
-	// permanent, mismatch, needs reconciliation, store error). In flight
-	// elsewhere is not a failure.
+	// outcome and will not by waiting: invalid input, retryable, permanent,
+	// mismatch, needs reconciliation (a provider success that could not be
+	// recorded among them), store errors. In flight elsewhere and not due
+	// are counted in Outcomes only: a later sweep settles them.
 	Failures []Failure
 }
 
@@ -98,8 +103,8 @@ func (r Report) String() string {
 	if r.Unstarted > 0 {
 		fmt.Fprintf(&b, " unstarted=%d", r.Unstarted)
 	}
-	fmt.Fprintf(&b, " provider_calls=%d saved_by_preflight=%d lookups=%d batches=%d failures=%d",
-		r.ProviderCalls, r.SavedByPreflight, r.Lookups, r.Batches, len(r.Failures))
+	fmt.Fprintf(&b, " provider_calls=%d saved_by_preflight=%d reconciled=%d lookups=%d batches=%d failures=%d",
+		r.ProviderCalls, r.SavedByPreflight, r.Reconciled, r.Lookups, r.Batches, len(r.Failures))
 	return b.String()
 }
 

@@ -80,10 +80,12 @@ func (c *Config) withDefaults() (Config, error) {
 //  1. Keys and fingerprints are computed for the batch (Effect.Identity). A
 //     candidate whose key or fingerprint cannot be computed is counted as
 //     Invalid and listed in Failures; the sweep goes on.
-//  2. One Store.Lookup pre-flights the whole batch. A candidate whose active
-//     record is applied or skipped with the same fingerprint is counted as
-//     AlreadyApplied; one held with another fingerprint as a Mismatch.
-//     Neither is claimed nor called.
+//  2. One Store.Lookup pre-flights the whole batch, and the claim rule is
+//     applied to what it returns on the executor's clock
+//     (idempotency.Preflight): a candidate already applied or skipped,
+//     held elsewhere under a live lease, not yet due, held with another
+//     fingerprint, or in doubt with no way to settle it is counted without
+//     a claim or a provider call.
 //  3. Every other candidate goes through idempotency.Run, at most
 //     Config.Concurrency at once. The claim, not the pre-flight, is the
 //     guard: a duplicate within a batch, or another worker sweeping the
@@ -94,6 +96,12 @@ func (c *Config) withDefaults() (Config, error) {
 // Batches run one after the other. A failed run is not fatal: it is counted
 // and listed in Report.Failures.
 //
+// The rate limit and the cancellation check run as executor middleware
+// around each attempt (idempotency.Middleware), before the attempt is
+// marked as started: a run whose attempt never started releases its key at
+// once, and a worker killed while waiting for a token leaves a key the next
+// run takes over.
+//
 // Run stops early only when ctx is done, the Limiter cannot grant a call
 // before ctx's deadline, a Lookup fails or src fails. It then takes no
 // further candidate, waits for the runs in flight and returns the partial
@@ -101,12 +109,11 @@ func (c *Config) withDefaults() (Config, error) {
 // statements do not see ctx's cancellation, a provider call not yet
 // started is not started (the claim is released, the outcome retryable),
 // and a provider call under way gets ctx and ends as its error is
-// classified (released, failed, or parked). So every key the sweep claimed
-// ends applied, skipped, failed, released for the next sweep, or parked
-// for reconciliation; none stays pending under a live lease. Candidates
-// taken but never run are counted as Unstarted. With in-run retries
-// (RetryPolicy), a cancelled run still waits out its backoff before giving
-// up.
+// classified. So every key the sweep claimed ends applied, skipped,
+// failed, released or unknown for the next sweep, or in doubt; none stays
+// held under a live lease. Candidates taken but never run are counted as
+// Unstarted. With in-run retries (RetryPolicy), a cancelled run still waits
+// out its backoff before giving up.
 func Run[In, Out any](ctx context.Context, x *idempotency.Executor, e *idempotency.Effect[In, Out], src Source[In], cfg *Config) (Report, error) {
 	rep := Report{Outcomes: map[idempotency.Outcome]int{}}
 	c, err := cfg.withDefaults()
@@ -116,8 +123,8 @@ func Run[In, Out any](ctx context.Context, x *idempotency.Executor, e *idempoten
 	if err := validate(x, e, src); err != nil {
 		return rep, err
 	}
-	s := &sweeper[In, Out]{x: x, store: x.Store(), cfg: c, rep: rep}
-	s.eff = s.wrap(ctx, e)
+	s := &sweeper[In, Out]{store: x.Store(), eff: e, cfg: c, rep: rep}
+	s.x = x.WithMiddleware(s.middleware(ctx))
 
 	buf := make([]In, 0, c.BatchSize)
 	srcErr := src(ctx, func(items []In) error {
@@ -170,9 +177,9 @@ func validate[In, Out any](x *idempotency.Executor, e *idempotency.Effect[In, Ou
 }
 
 type sweeper[In, Out any] struct {
-	x     *idempotency.Executor
+	x     *idempotency.Executor // the caller's, with the sweep's middleware
 	store idempotency.Store
-	eff   *idempotency.Effect[In, Out] // the caller's effect, Call wrapped
+	eff   *idempotency.Effect[In, Out]
 	cfg   Config
 	calls atomic.Int64 // provider calls really made
 
@@ -187,20 +194,13 @@ type sweeper[In, Out any] struct {
 	next      int // Index of the next candidate taken
 }
 
-// wrap copies e with a Call that refuses to start once the sweep is
-// cancelled, waits for the limiter, and counts the calls really made.
-//
-// Runs get a context detached from ctx's cancellation, so a claim, a
-// completion or a release is never torn mid-statement (a claim cancelled
-// after the database committed it would leave a pending record nobody
-// holds). The provider call itself, and the wait for a token, use ctx.
-func (s *sweeper[In, Out]) wrap(ctx context.Context, e *idempotency.Effect[In, Out]) *idempotency.Effect[In, Out] {
-	eff := *e
-	call, lim := e.Call, s.cfg.Limiter
-	eff.Call = func(_ context.Context, key idempotency.Key, in In) (Out, error) {
-		var zero Out
+// middleware refuses to start an attempt once the sweep is cancelled and
+// waits for the limiter, both before the attempt is marked as started.
+func (s *sweeper[In, Out]) middleware(ctx context.Context) idempotency.Middleware {
+	lim := s.cfg.Limiter
+	return func(callCtx context.Context, a idempotency.AttemptInfo, next func(context.Context) error) error {
 		if err := ctx.Err(); err != nil {
-			return zero, idempotency.Retryable(fmt.Errorf("sweep: cancelled before the call: %w", err), 0)
+			return idempotency.NotActed(fmt.Errorf("sweep: cancelled before the call: %w", err), 0)
 		}
 		if lim != nil {
 			if err := lim.Wait(ctx); err != nil {
@@ -209,13 +209,11 @@ func (s *sweeper[In, Out]) wrap(ctx context.Context, e *idempotency.Effect[In, O
 					// the sweep rather than churn through claims.
 					s.stop(fmt.Errorf("sweep: stopped: rate limiter has no token before the deadline (%v): %w", err, context.DeadlineExceeded))
 				}
-				return zero, idempotency.Retryable(fmt.Errorf("sweep: rate limiter: %w", err), 0)
+				return idempotency.NotActed(fmt.Errorf("sweep: rate limiter: %w", err), 0)
 			}
 		}
-		s.calls.Add(1)
-		return call(ctx, key, in)
+		return next(callCtx)
 	}
-	return &eff
 }
 
 // stop makes the sweep take no further candidate; the first cause wins.
@@ -303,16 +301,10 @@ func (s *sweeper[In, Out]) batch(ctx context.Context, items []In) error {
 	g.SetLimit(s.cfg.Concurrency)
 	for _, c := range valid {
 		if rec, ok := active[c.key.String()]; ok {
-			if !rec.FingerprintMatches(c.fp) {
-				s.preflighted(Failure{Index: c.index, Key: c.key, Outcome: idempotency.OutcomeMismatch,
-					Err: &idempotency.MismatchError{Key: rec.Key, Stored: rec}})
+			if o, err := preflight(s.x, s.eff, rec, c.fp); o != 0 {
+				s.preflighted(Failure{Index: c.index, Key: c.key, Outcome: o, Err: err})
 				continue
 			}
-			if rec.Status.Done() {
-				s.preflighted(Failure{Index: c.index, Key: c.key, Outcome: idempotency.OutcomeAlreadyApplied})
-				continue
-			}
-			// Pending: the claim decides (in flight, take over, stuck).
 		}
 		if s.stopErr(ctx) != nil {
 			s.unstarted(1)
@@ -324,18 +316,43 @@ func (s *sweeper[In, Out]) batch(ctx context.Context, items []In) error {
 				s.unstarted(1)
 				return nil
 			}
-			res, err := idempotency.Run(context.WithoutCancel(ctx), s.x, s.eff, c.in)
-			if res.Outcome == 0 {
-				// Run refused the input before touching the store.
-				s.record(Failure{Index: c.index, Key: c.key, Err: err})
-				return nil
+			res, err := idempotency.Run(ctx, s.x, s.eff, c.in)
+			s.calls.Add(int64(res.Calls))
+			if res.Reconciled {
+				s.mu.Lock()
+				s.rep.Reconciled++
+				s.mu.Unlock()
 			}
-			s.record(Failure{Index: c.index, Key: res.Key, Outcome: res.Outcome, Err: err})
+			key := res.Key
+			if key.IsZero() {
+				key = c.key
+			}
+			s.record(Failure{Index: c.index, Key: key, Outcome: res.Outcome, Err: err})
 			return nil
 		})
 	}
 	_ = g.Wait() // the goroutines never return an error
 	return s.done(firstFailure, s.stopErr(ctx))
+}
+
+// preflight settles a candidate from its active record when the claim rule
+// would not hold it: the outcome Run would report, and its error. A zero
+// outcome leaves the candidate to the claim.
+func preflight[In, Out any](x *idempotency.Executor, e *idempotency.Effect[In, Out], rec idempotency.Record, fp []byte) (idempotency.Outcome, error) {
+	switch idempotency.Preflight(x, e, rec, fp) {
+	case idempotency.VerdictDone:
+		return idempotency.OutcomeAlreadyApplied, nil
+	case idempotency.VerdictMismatch:
+		return idempotency.OutcomeMismatch, &idempotency.MismatchError{Key: rec.Key, Stored: rec}
+	case idempotency.VerdictInFlight:
+		return idempotency.OutcomeInFlight, nil
+	case idempotency.VerdictNotDue:
+		return idempotency.OutcomeNotDue, fmt.Errorf("sweep: %s: %w (record %s)", e.Name, idempotency.ErrNotDue, rec.State)
+	case idempotency.VerdictInDoubt:
+		return idempotency.OutcomeNeedsReconciliation, fmt.Errorf("sweep: %s: %w: record %s: %s",
+			e.Name, idempotency.ErrNeedsReconciliation, rec.State, rec.Reason)
+	}
+	return 0, nil
 }
 
 // record counts one candidate's outcome; f.Outcome zero means invalid.
@@ -347,7 +364,7 @@ func (s *sweeper[In, Out]) record(f Failure) {
 	} else {
 		s.rep.Outcomes[f.Outcome]++
 	}
-	if f.Err != nil && f.Outcome != idempotency.OutcomeInFlight {
+	if f.Outcome == 0 || (!f.Outcome.Good() && f.Outcome != idempotency.OutcomeInFlight && f.Outcome != idempotency.OutcomeNotDue) {
 		s.rep.Failures = append(s.rep.Failures, f)
 	}
 }

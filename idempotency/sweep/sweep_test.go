@@ -12,7 +12,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/effectonce/effectonce/idempotency"
-	"github.com/effectonce/effectonce/idempotency/storetest"
+	"github.com/effectonce/effectonce/idempotency/clocktest"
 	"github.com/effectonce/effectonce/idempotency/sweep"
 )
 
@@ -91,7 +91,7 @@ func TestRunPreflightReportsMismatchWithoutClaim(t *testing.T) {
 	require.Equal(t, 1, rep.Failures[0].Index)
 	var me *idempotency.MismatchError
 	require.ErrorAs(t, rep.Failures[0].Err, &me)
-	require.Equal(t, idempotency.StatusApplied, me.Stored.Status)
+	require.Equal(t, idempotency.StateApplied, me.Stored.State)
 	calls, _ := p.stats()
 	require.Equal(t, 3, calls, "the second sweep made no call")
 }
@@ -127,7 +127,7 @@ func TestRunFailuresAreNotFatal(t *testing.T) {
 		case "u_1":
 			return idempotency.Permanent(errors.New("customer deleted"))
 		case "u_2":
-			return idempotency.Retryable(errors.New("503"), 0)
+			return idempotency.NotActed(errors.New("429"), 0)
 		}
 		return nil
 	}
@@ -352,7 +352,7 @@ func TestRunSweepsWithTheStoreClock(t *testing.T) {
 	// A claim left by a crashed worker, expired under the store's clock,
 	// is parked by the default policy: the sweep reports it for
 	// reconciliation and makes no call.
-	clock := storetest.NewClock()
+	clock := clocktest.New()
 	store := idempotency.NewMemStore(&idempotency.MemStoreConfig{Now: clock.Now})
 	p := newProvider()
 	eff := p.effect()
