@@ -14,9 +14,8 @@ const (
 	uuidPath        = "github.com/google/uuid"
 )
 
-// DefaultHeaderName is the header that always carries an idempotency key,
-// whatever its case.
-const DefaultHeaderName = "Idempotency-Key"
+// defaultHeader always carries an idempotency key, whatever its case.
+const defaultHeader = "Idempotency-Key"
 
 // stripePath matches stripe-go's root package in any major version.
 var stripePath = regexp.MustCompile(`^github\.com/stripe/stripe-go(/v[0-9]+)?$`)

@@ -24,15 +24,15 @@
 // are not sources), and the functions named with the -sources flag.
 //
 // Sinks are the arguments and receivers of this library's key builders
-// (every function of package idempotency that returns a Key or a Part, such
-// as Str, Int, KeySpace.Key and KeySpace.MustKey, and every method of
-// KeySpace, Key and Part), stripe-go's Params.SetIdempotencyKey and the
+// (every function or method of package idempotency that returns a Key or a
+// Part, such as Str, Int, KeySpace.Key, KeySpace.MustKey and
+// Key.WithGeneration, and every method of KeySpace), stripe-go's Params.SetIdempotencyKey and the
 // Params.IdempotencyKey field (any major version), and http.Header (or
 // textproto.MIMEHeader) Set, Add and direct map assignment under the header
 // "Idempotency-Key" in any case, under a header name stored in an
 // httpeffect.Config's HeaderName in the package or in one it imports, and
-// under the names given with the -headers flag. A key built from a key
-// already reported is not reported again.
+// under the names given with the -headers flag. A value derived from a key
+// already reported (k.String(), k.UUID()) is not reported again.
 //
 // Values taken from business data (a struct field such as payout.PaidAt, a
 // column read from the database, a function parameter) are not sources:
@@ -72,5 +72,5 @@
 //	          github.com/oklog/ulid/v2.Make
 //
 // The effectoncevet command runs this analyzer alone; Analyzer can also be
-// added to a multichecker or to golangci-lint as a plugin.
+// added to a multichecker (golangci-lint needs a module plugin wrapping it).
 package keyclock

@@ -5,10 +5,10 @@ import (
 	"strings"
 )
 
-// Flow is one summarised flow through a function: the steps a value takes,
+// sumFlow is one summarised flow through a function: the steps a value takes,
 // and whether it already went through a key builder (and was reported
 // there).
-type Flow struct {
+type sumFlow struct {
 	Kind  origin // for a result derived from a source: the source's kind
 	Param int    // for a parameter's flow: its index, the receiver first
 	Path  []string
@@ -22,9 +22,9 @@ type Flow struct {
 // summary is what callers need to know about a function. It is exported as
 // a fact on the function's object so that importing packages know it too.
 type summary struct {
-	Result   *Flow  // the result derives from a source inside the function
-	ToResult []Flow // parameters that reach the result, by increasing Param
-	ToSink   []Flow // parameters that reach a key sink, by increasing Param; Path ends with the sink
+	Result   *sumFlow  // the result derives from a source inside the function
+	ToResult []sumFlow // parameters that reach the result, by increasing Param
+	ToSink   []sumFlow // parameters that reach a key sink, by increasing Param; Path ends with the sink
 }
 
 // flowFact is summary as an analysis fact.
@@ -91,11 +91,11 @@ func partSuffix(part string) string {
 }
 
 // flowOf returns the flow of parameter i in flows.
-func flowOf(flows []Flow, i int) (Flow, bool) {
+func flowOf(flows []sumFlow, i int) (sumFlow, bool) {
 	for _, fl := range flows {
 		if fl.Param == i {
 			return fl, true
 		}
 	}
-	return Flow{}, false
+	return sumFlow{}, false
 }

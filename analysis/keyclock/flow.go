@@ -455,7 +455,7 @@ func (f *flow) call(ins ssa.CallInstruction) {
 			f.set(res, first.then(label).asSunk())
 		}
 		return
-	case stripeSink(cal):
+	case stripeSink(cal) && len(args) > 0:
 		if t := f.taintOf(args[len(args)-1]); t != nil && !t.sunk {
 			f.hit(ins, t.then(cal.qualified()))
 		}

@@ -159,7 +159,7 @@ func buildSSA(pass *analysis.Pass) []*ssa.Function {
 // the -headers flag, the constant HeaderName of every httpeffect.Config
 // built in this package, and those of the packages it imports.
 func (c *checker) collectHeaders() {
-	names := []string{DefaultHeaderName}
+	names := []string{defaultHeader}
 	for h := range strings.SplitSeq(flagHeaders, ",") {
 		if h = strings.TrimSpace(h); h != "" {
 			names = append(names, h)
@@ -211,16 +211,16 @@ func (c *checker) summarize(fn *ssa.Function) *summary {
 	f := c.newFlow(fn, -1)
 	f.propagate()
 	if f.result != nil {
-		s.Result = &Flow{Kind: f.result.kind, Path: f.result.steps, Part: f.resultPart, Sunk: f.result.sunk}
+		s.Result = &sumFlow{Kind: f.result.kind, Path: f.result.steps, Part: f.resultPart, Sunk: f.result.sunk}
 	}
 	for i := range fn.Params {
 		f := c.newFlow(fn, i)
 		f.propagate()
 		if f.result != nil {
-			s.ToResult = append(s.ToResult, Flow{Kind: fromParam, Param: i, Path: f.result.steps, Part: f.resultPart, Access: f.result.access, Sunk: f.result.sunk})
+			s.ToResult = append(s.ToResult, sumFlow{Kind: fromParam, Param: i, Path: f.result.steps, Part: f.resultPart, Access: f.result.access, Sunk: f.result.sunk})
 		}
 		if len(f.hits) > 0 {
-			s.ToSink = append(s.ToSink, Flow{Kind: fromParam, Param: i, Path: f.hits[0].path, Access: f.hits[0].access})
+			s.ToSink = append(s.ToSink, sumFlow{Kind: fromParam, Param: i, Path: f.hits[0].path, Access: f.hits[0].access})
 		}
 	}
 	return s
