@@ -73,11 +73,6 @@ func Observe(ctx context.Context, o Observation) {
 	}
 }
 
-func withObserver(ctx context.Context) (context.Context, *observer) {
-	ob := &observer{}
-	return context.WithValue(ctx, observerKey{}, ob), ob
-}
-
 // attemptClass maps a Call's outcome to its evidence class.
 func attemptClass(err error) AttemptClass {
 	if err == nil {

@@ -57,6 +57,7 @@ func Run[In, Out any](ctx context.Context, x *Executor, e *Effect[In, Out], in I
 // runner carries one run through its steps.
 type runner[In, Out any] struct {
 	x     *Executor
+	bg    context.Context // the caller's context without its cancellation, for store calls
 	e     *Effect[In, Out]
 	in    In
 	key   Key    // the business key (generation 1)
@@ -67,6 +68,14 @@ type runner[In, Out any] struct {
 	res   Result[Out]
 	// lost is a provider success the ledger could not record, for the log.
 	lost []byte
+
+	// The attempt under way (see attempt).
+	obs     observer
+	rec     Record
+	state   State
+	pkey    Key
+	reached bool
+	out     Out
 }
 
 func (r *runner[In, Out]) run(ctx context.Context) (Result[Out], error) {
@@ -99,7 +108,8 @@ func (r *runner[In, Out]) run(ctx context.Context) (Result[Out], error) {
 	if err := ctx.Err(); err != nil {
 		return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: before the claim: %w", r.e.Name, err))
 	}
-	claim, err := r.x.store.Claim(context.WithoutCancel(ctx), r.e.claimRequest(key, fp, r.lease))
+	r.bg = context.WithoutCancel(ctx)
+	claim, err := r.x.store.Claim(r.bg, r.e.claimRequest(key, fp, r.lease))
 	if err != nil {
 		return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: claim: %w", r.e.Name, err))
 	}
@@ -229,39 +239,50 @@ func (r *runner[In, Out]) execute(ctx context.Context, rec Record) (Result[Out],
 // attempt makes one provider attempt through the middleware. reached
 // reports that the effect's Call was invoked.
 func (r *runner[In, Out]) attempt(ctx context.Context, rec Record, state *State, pkey Key, n int) (out Out, obs Observation, reached bool, err error) {
-	callCtx, ob := withObserver(ctx)
-	info := AttemptInfo{Effect: r.e.Name, Key: pkey, Number: n}
-	err = chain(r.x.mw, callCtx, info, func(ctx context.Context) error {
-		if reached {
-			return errors.New("idempotency: middleware called next twice; the second call was refused")
-		}
-		if err := ctx.Err(); err != nil {
-			return errNotReached{fmt.Errorf("context done before the call: %w", err)}
-		}
-		if *state == StateClaimed {
-			// Record the start of the call first, uncut by ctx: a worker
-			// that dies after this line leaves a record in doubt, one
-			// that dies before it leaves a record the next run takes
-			// over.
-			if _, err := r.x.store.Transition(context.WithoutCancel(ctx), MarkCalling(rec.Key, rec.Token)); err != nil {
-				return errNotReached{fmt.Errorf("mark calling: %w", err)}
-			}
-			*state = StateCalling
-		}
-		reached = true
-		r.res.Calls++
-		var cerr error
-		out, cerr = r.e.Call(ctx, pkey, r.in)
-		return cerr
-	})
-	if !reached && err == nil {
+	r.obs = observer{}
+	r.rec, r.state, r.pkey, r.reached = rec, *state, pkey, false
+	var zero Out
+	r.out = zero
+	callCtx := context.WithValue(ctx, observerKey{}, &r.obs)
+	if len(r.x.mw) == 0 {
+		err = r.call(callCtx)
+	} else {
+		err = chain(r.x.mw, callCtx, AttemptInfo{Effect: r.e.Name, Key: pkey, Number: n}, r.call)
+	}
+	if !r.reached && err == nil {
 		err = errors.New("a middleware returned without calling next")
 	}
 	var nr errNotReached
 	if errors.As(err, &nr) {
 		err = nr.err
 	}
-	return out, ob.obs, reached, err
+	*state = r.state
+	return r.out, r.obs.obs, r.reached, err
+}
+
+// call is the innermost step of an attempt: record the start of the call
+// where the effect asks for it, then call the provider.
+func (r *runner[In, Out]) call(ctx context.Context) error {
+	if r.reached {
+		return errors.New("idempotency: middleware called next twice; the second call was refused")
+	}
+	if err := ctx.Err(); err != nil {
+		return errNotReached{fmt.Errorf("context done before the call: %w", err)}
+	}
+	if r.state == StateClaimed {
+		// Record the start of the call first, uncut by ctx: a worker that
+		// dies after this line leaves a record in doubt, one that dies
+		// before it leaves a record the next run takes over.
+		if _, err := r.x.store.Transition(r.bg, MarkCalling(r.rec.Key, r.rec.Token)); err != nil {
+			return errNotReached{fmt.Errorf("mark calling: %w", err)}
+		}
+		r.state = StateCalling
+	}
+	r.reached = true
+	r.res.Calls++
+	var err error
+	r.out, err = r.e.Call(ctx, r.pkey, r.in)
+	return err
 }
 
 func (r *runner[In, Out]) retryInRun(ctx context.Context, class Class, n int, after time.Duration) bool {
@@ -300,7 +321,7 @@ func (r *runner[In, Out]) evidence(gen int, class AttemptClass, obs Observation,
 
 // settle records what the run's attempts did to the held record.
 func (r *runner[In, Out]) settle(ctx context.Context, rec Record, state State, prior bool, attempts []Attempt, out Out, err error) (Result[Out], error) {
-	bg := context.WithoutCancel(ctx)
+	bg := r.bg
 	if err == nil || errors.Is(err, ErrSkip) {
 		return r.complete(bg, rec, out, err != nil, attempts)
 	}
@@ -478,7 +499,7 @@ func (r *runner[In, Out]) recover(bg context.Context, rec Record, out Out, enc [
 // no call; not found, it is sent again under a new provider-key generation.
 func (r *runner[In, Out]) reconcile(ctx context.Context, rec Record) (Result[Out], error) {
 	r.res.Reconciled = true
-	bg := context.WithoutCancel(ctx)
+	bg := r.bg
 	out, found, err := r.e.Find(ctx, r.key, r.in)
 	if err != nil {
 		_, after := Classify(err)

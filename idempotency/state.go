@@ -327,18 +327,26 @@ var Transitions = []Rule{
 	{[]State{StateApplied, StateSkipped}, StateRevoked, ByOperator, "revoke", "the result kept for the audit trail; the key free"},
 }
 
-// Allowed returns the states a change to `to` by actor may start from, as
-// listed in Transitions. An empty to means "the same state" (extend).
-func Allowed(to State, by Actor) []State {
-	var out []State
+type ruleKey struct {
+	to State
+	by Actor
+}
+
+// allowed indexes Transitions by target and actor.
+var allowed = func() map[ruleKey][]State {
+	m := map[ruleKey][]State{}
 	for _, r := range Transitions {
-		if r.To == to && r.By == by {
-			for _, f := range r.From {
-				if !slices.Contains(out, f) {
-					out = append(out, f)
-				}
+		k := ruleKey{r.To, r.By}
+		for _, f := range r.From {
+			if !slices.Contains(m[k], f) {
+				m[k] = append(m[k], f)
 			}
 		}
 	}
-	return out
-}
+	return m
+}()
+
+// Allowed returns the states a change to `to` by actor may start from, as
+// listed in Transitions. An empty to means "the same state" (extend). The
+// slice is shared: do not modify it.
+func Allowed(to State, by Actor) []State { return allowed[ruleKey{to, by}] }

@@ -248,22 +248,25 @@ func (c Change) Validate() error {
 	return nil
 }
 
-// From returns the states the change may start from.
+var (
+	fromReconciling = []State{StateReconciling}
+	fromClaimed     = []State{StateClaimed}
+)
+
+// From returns the states the change may start from (a shared slice: do
+// not modify it).
 func (c Change) From() []State {
-	from := Allowed(c.To, c.By)
 	if c.To == StateCalling && c.By == ByHolder {
 		// One target, two rules: mark-calling (from claimed) and resend
 		// (from reconciling, with a lease for the sending run).
 		if c.Lease > 0 {
-			return []State{StateReconciling}
+			return fromReconciling
 		}
-		return []State{StateClaimed}
+		return fromClaimed
 	}
-	if c.To == StateApplied && c.By == ByHolder {
-		// complete (claimed, calling) and found (reconciling).
-		return []State{StateClaimed, StateCalling, StateReconciling}
-	}
-	return from
+	// To applied by the holder: complete (claimed, calling) and found
+	// (reconciling) together.
+	return Allowed(c.To, c.By)
 }
 
 // NewGeneration reports whether the change starts a new provider-key

@@ -185,6 +185,10 @@ var domainGuard = pgguard.Guard{
 	IndexName:      "uq_loyalty_discounts_active",
 }
 
+// seedEvidence is the evidence a run leaves on an applied record (one
+// attempt), so that seeded records cost what real ones do to read.
+const seedEvidence = `[{"at":"2026-03-14T09:00:00Z","gen":1,"class":"done","status":200,"request_id":"req_seed"}]`
+
 // seedHistory gives both the ledger and the domain table n finished rows
 // from an earlier period (milestone 0, another namespace), in two
 // set-based statements, and analyzes them, so neither side starts from an
@@ -192,9 +196,9 @@ var domainGuard = pgguard.Guard{
 func (f *fixture) seedHistory(tb testing.TB, n int) {
 	tb.Helper()
 	for _, sql := range []string{
-		`INSERT INTO effect_ledger (key, namespace, status, result, token, attempts, first_claimed_at, updated_at)
+		`INSERT INTO effect_ledger (key, namespace, state, result, token, claims, evidence, first_claimed_at, updated_at)
 		SELECT 'bench.history:v1:user#' || g, 'bench.history', 'applied', '"promo_old"'::bytea,
-			nextval('effect_ledger_token_seq'), 1, now(), now()
+			nextval('effect_ledger_token_seq'), 1, '` + seedEvidence + `', now(), now()
 		FROM generate_series(1, $1::bigint) AS g`,
 		`INSERT INTO loyalty_discounts (user_id, milestone, percent, promo_code, status)
 		SELECT g, 0, 10, 'promo_old', 'applied' FROM generate_series(1, $1::bigint) AS g`,
@@ -239,8 +243,8 @@ func (f *fixture) seedApplied(tb testing.TB, gs []grant) {
 		tb.Fatal(err)
 	}
 	if _, err := f.pool.Exec(f.ctx, `INSERT INTO effect_ledger
-		(key, namespace, status, fingerprint, result, token, attempts, first_claimed_at, updated_at)
-		SELECT k, $2::text, 'applied', $3::bytea, $4::bytea, nextval('effect_ledger_token_seq'), 1, now(), now()
+		(key, namespace, state, fingerprint, result, token, claims, evidence, first_claimed_at, updated_at)
+		SELECT k, $2::text, 'applied', $3::bytea, $4::bytea, nextval('effect_ledger_token_seq'), 1, '`+seedEvidence+`', now(), now()
 		FROM unnest($1::text[]) AS k`,
 		keys, loyaltyKeys.Namespace, fp, result); err != nil {
 		tb.Fatalf("seed applied: %v", err)
@@ -294,7 +298,7 @@ func (f *fixture) perCandidateSweep(gs []grant, conc int) (sweepCounts, error) {
 			if err != nil {
 				return err
 			}
-			if rec, ok := recs[key.String()]; ok && rec.Status.Done() && rec.FingerprintMatches(fp) {
+			if rec, ok := recs[key.String()]; ok && rec.State.Done() && rec.FingerprintMatches(fp) {
 				already.Add(1)
 				return nil
 			}

@@ -143,7 +143,7 @@ func TestSweepSidesDoTheSameWork(t *testing.T) {
 	}
 	var ledger, domain int
 	require.NoError(t, f.pool.QueryRow(f.ctx,
-		`SELECT count(*) FROM effect_ledger WHERE namespace = $1 AND status = 'applied'`, loyaltyKeys.Namespace).Scan(&ledger))
+		`SELECT count(*) FROM effect_ledger WHERE namespace = $1 AND state = 'applied'`, loyaltyKeys.Namespace).Scan(&ledger))
 	require.NoError(t, f.pool.QueryRow(f.ctx,
 		`SELECT count(*) FROM loyalty_discounts WHERE milestone = 7 AND status = 'applied'`).Scan(&domain))
 	require.Equal(t, n, ledger)
