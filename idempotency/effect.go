@@ -125,6 +125,16 @@ type Effect[In, Out any] struct {
 
 	// Retry overrides Config.Retry for this effect.
 	Retry *RetryPolicy
+
+	// Retain is how long the effect's finished records (applied, skipped,
+	// failed, revoked) are kept before a pruner may delete them
+	// (pgguard.Store.Prune; the effectonce command's prune). Zero means
+	// for ever, which is right for once-ever effects (an anniversary code):
+	// a deleted record no longer stops a late redelivery. Choose it longer
+	// than the longest redelivery the trigger can make, and only where the
+	// provider's memory or the domain table's own unique index would make
+	// a delivery after it harmless.
+	Retain time.Duration
 }
 
 // Validate reports whether the effect is usable: errors match
@@ -139,7 +149,7 @@ func (e *Effect[In, Out]) Validate() error {
 		return fmt.Errorf("%w: effect %s has no Key function", ErrInvalidEffect, e.Name)
 	case e.Call == nil:
 		return fmt.Errorf("%w: effect %s has no Call function", ErrInvalidEffect, e.Name)
-	case e.Lease < 0 || e.DedupWindow < 0:
+	case e.Lease < 0 || e.DedupWindow < 0 || e.Retain < 0:
 		return fmt.Errorf("%w: effect %s has a negative duration", ErrInvalidEffect, e.Name)
 	case e.Expired > ExpiredRetryUncalled:
 		return fmt.Errorf("%w: effect %s has an unknown ExpiredPolicy %d", ErrInvalidEffect, e.Name, e.Expired)

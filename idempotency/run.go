@@ -247,7 +247,7 @@ func (r *runner[In, Out]) attempt(ctx context.Context, rec Record, state *State,
 	if len(r.x.mw) == 0 {
 		err = r.call(callCtx)
 	} else {
-		err = chain(r.x.mw, callCtx, AttemptInfo{Effect: r.e.Name, Key: pkey, Number: n}, r.call)
+		err = chain(r.x.mw, callCtx, AttemptInfo{Effect: r.e.Name, Key: pkey, Number: n, Lease: r.lease, Extend: r.extend}, r.call)
 	}
 	if !r.reached && err == nil {
 		err = errors.New("a middleware returned without calling next")
@@ -258,6 +258,12 @@ func (r *runner[In, Out]) attempt(ctx context.Context, rec Record, state *State,
 	}
 	*state = r.state
 	return r.out, r.obs.obs, r.reached, err
+}
+
+// extend renews the held claim's lease (AttemptInfo.Extend).
+func (r *runner[In, Out]) extend(ctx context.Context, lease time.Duration) error {
+	_, err := r.x.store.Transition(ctx, Extend(r.rec.Key, r.rec.Token, lease))
+	return err
 }
 
 // call is the innermost step of an attempt: record the start of the call

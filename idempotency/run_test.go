@@ -1059,3 +1059,73 @@ func TestRunNightlyCadenceAfterNotActed(t *testing.T) {
 	stuck, _ := e.store.ListStuck(e.ctx, idempotency.ListStuckRequest{})
 	require.Empty(t, stuck)
 }
+
+// manualTicker is a tick function for KeepLease that fires only when told.
+// A send returns once the keeper has taken the tick; the next send returns
+// only once the extension of the previous one is done.
+type manualTicker chan time.Time
+
+func (m manualTicker) tick(time.Duration) (<-chan time.Time, func()) { return m, func() {} }
+
+func TestKeepLeaseKeepsALongCallOwned(t *testing.T) {
+	t.Parallel()
+	e := setup(t, nil)
+	ticks := make(manualTicker)
+	x := e.x.WithMiddleware(idempotency.KeepLease(ticks.tick))
+	eff := e.with(func(eff *idempotency.Effect[refund, string]) {
+		eff.Lease, eff.Expired = time.Minute, idempotency.ExpiredRetry
+	})
+	inCall, proceed := make(chan struct{}), make(chan struct{})
+	e.p.before = func(n int) {
+		close(inCall)
+		<-proceed
+	}
+	done := make(chan idempotency.Result[string])
+	go func() { res, _ := idempotency.Run(e.ctx, x, eff, r1); done <- res }()
+	<-inCall
+	// Three leases long: every 50 s the keeper extends by a minute, and a
+	// competing run meets a live claim each time.
+	for range 3 {
+		e.clock.Advance(50 * time.Second)
+		ticks <- e.clock.Now()
+		ticks <- e.clock.Now() // returns once the first extension is done
+		res, err := idempotency.Run(e.ctx, e.x, eff, r1)
+		require.NoError(t, err)
+		require.Equal(t, idempotency.OutcomeInFlight, res.Outcome, "the extended claim is still owned")
+	}
+	close(proceed)
+	res := <-done
+	require.Equal(t, idempotency.OutcomeApplied, res.Outcome)
+	calls, created := e.p.stats()
+	require.Equal(t, 1, calls)
+	require.Equal(t, 1, created)
+}
+
+func TestKeepLeaseCancelsTheCallWhenTheClaimIsLost(t *testing.T) {
+	t.Parallel()
+	e := setup(t, nil)
+	ticks := make(manualTicker)
+	x := e.x.WithMiddleware(idempotency.KeepLease(ticks.tick))
+	var cause error
+	inCall := make(chan struct{})
+	eff := e.with(func(eff *idempotency.Effect[refund, string]) {
+		eff.Lease = time.Minute
+		eff.Call = func(ctx context.Context, k idempotency.Key, in refund) (string, error) {
+			close(inCall)
+			<-ctx.Done()
+			cause = context.Cause(ctx)
+			return "", ctx.Err()
+		}
+	})
+	done := make(chan idempotency.Result[string])
+	go func() { res, _ := idempotency.Run(e.ctx, x, eff, r1); done <- res }()
+	<-inCall
+	rec, _ := e.record(t, r1)
+	_, err := e.store.Settle(e.ctx, idempotency.SettleRequest{Key: rec.Key, Token: rec.Token, State: idempotency.StateFailed, Force: true, Reason: "operator"})
+	require.NoError(t, err)
+	ticks <- e.clock.Now()
+	res := <-done
+	require.ErrorIs(t, cause, idempotency.ErrLeaseLost, "the call's context is cancelled with the reason")
+	require.ErrorIs(t, cause, idempotency.ErrClaimLost)
+	require.NotEqual(t, idempotency.OutcomeApplied, res.Outcome)
+}
