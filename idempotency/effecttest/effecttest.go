@@ -53,7 +53,8 @@
 //
 //   - ExpiredRetry (the provider deduplicates by key): the claim is taken
 //     over and the call sent again under the same key; the provider
-//     replays the first effect. Recovered automatically.
+//     replays the first effect. Recovered automatically, as long as a
+//     whole run still fits in the provider's DedupWindow.
 //   - ExpiredPark or ExpiredRetryUncalled with Effect.Find: the provider is
 //     asked whether the effect exists, and it is recorded without a call.
 //     Recovered automatically.
@@ -70,7 +71,8 @@
 // counted) with t.Logf: run go test -v to read it. A failure says which
 // rule was broken.
 //
-// The package depends on the standard library and package idempotency only.
+// The package depends on the standard library and packages idempotency and
+// idempotency/clocktest only.
 package effecttest
 
 import (
