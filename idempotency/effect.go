@@ -126,6 +126,14 @@ type Effect[In, Out any] struct {
 	// Retry overrides Config.Retry for this effect.
 	Retry *RetryPolicy
 
+	// RememberRefusal is how long a sweep skips a candidate whose last
+	// record was refused (failed) with the same payload fingerprint: a
+	// refusal that cannot change (a credit in the wrong currency) is then
+	// sent once, not every night. A changed payload is tried at once.
+	// Zero means refusals are not remembered. It needs a store that
+	// implements RefusalLookup (both stores of this module do).
+	RememberRefusal time.Duration
+
 	// Retain is how long the effect's finished records (applied, skipped,
 	// failed, revoked) are kept before a pruner may delete them
 	// (pgguard.Store.Prune; the effectonce command's prune). Zero means
@@ -149,7 +157,7 @@ func (e *Effect[In, Out]) Validate() error {
 		return fmt.Errorf("%w: effect %s has no Key function", ErrInvalidEffect, e.Name)
 	case e.Call == nil:
 		return fmt.Errorf("%w: effect %s has no Call function", ErrInvalidEffect, e.Name)
-	case e.Lease < 0 || e.DedupWindow < 0 || e.Retain < 0:
+	case e.Lease < 0 || e.DedupWindow < 0 || e.Retain < 0 || e.RememberRefusal < 0:
 		return fmt.Errorf("%w: effect %s has a negative duration", ErrInvalidEffect, e.Name)
 	case e.Expired > ExpiredRetryUncalled:
 		return fmt.Errorf("%w: effect %s has an unknown ExpiredPolicy %d", ErrInvalidEffect, e.Name, e.Expired)

@@ -37,8 +37,9 @@ type MemStore struct {
 }
 
 var (
-	_ Store    = (*MemStore)(nil)
-	_ Operator = (*MemStore)(nil)
+	_ Store         = (*MemStore)(nil)
+	_ Operator      = (*MemStore)(nil)
+	_ RefusalLookup = (*MemStore)(nil)
 )
 
 // NewMemStore returns an empty store. cfg may be nil.
@@ -350,6 +351,28 @@ func (s *MemStore) History(ctx context.Context, key string) ([]Record, error) {
 		if s.history[i].Key == key {
 			out = append(out, s.history[i].Clone())
 		}
+	}
+	return out, nil
+}
+
+// LastRefusals implements RefusalLookup.
+func (s *MemStore) LastRefusals(ctx context.Context, keys []string, since time.Time) (map[string]Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	want := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		want[k] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]Record{}
+	for i := len(s.history) - 1; i >= 0; i-- {
+		r := s.history[i]
+		if _, seen := out[r.Key]; seen || !want[r.Key] || r.State != StateFailed || r.UpdatedAt.Before(since) {
+			continue
+		}
+		out[r.Key] = r.Clone()
 	}
 	return out, nil
 }

@@ -314,6 +314,16 @@ type Store interface {
 	Lookup(ctx context.Context, keys []string) (map[string]Record, error)
 }
 
+// RefusalLookup is an optional Store capability: the most recent failed
+// record of each key, for a sweep that skips candidates refused with the
+// same payload (Effect.RememberRefusal). Detect it with a type assertion.
+type RefusalLookup interface {
+	// LastRefusals returns, for each of keys that has one, its most recent
+	// failed record updated at or after since (one round trip for durable
+	// stores). Keys without one are absent from the map.
+	LastRefusals(ctx context.Context, keys []string, since time.Time) (map[string]Record, error)
+}
+
 // Operator is what tools (the effectonce command, an operator's script) use
 // to resolve records by hand. It is optional: detect it with a type
 // assertion. Both stores of this module implement it.

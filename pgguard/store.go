@@ -36,8 +36,9 @@ type Store struct {
 }
 
 var (
-	_ idempotency.Store    = (*Store)(nil)
-	_ idempotency.Operator = (*Store)(nil)
+	_ idempotency.Store         = (*Store)(nil)
+	_ idempotency.Operator      = (*Store)(nil)
+	_ idempotency.RefusalLookup = (*Store)(nil)
 )
 
 // New returns a Store over db, which may be a pool, a connection or a
@@ -87,7 +88,7 @@ func nowParam(p string) string {
 func micro(p string) string { return "(" + p + "::bigint * interval '1 microsecond')" }
 
 type queries struct {
-	claim, transition, settleWhy, revoke, lookup, listStuck, history, recoverRead, recoverUpdate, recoverInsert string
+	claim, transition, settleWhy, revoke, lookup, lastRefusals, listStuck, history, recoverRead, recoverUpdate, recoverInsert string
 }
 
 // verdict renders idempotency.Decide in SQL for the row alias r at time now.
@@ -214,6 +215,12 @@ RETURNING ` + recordCols
 
 	q.lookup = `SELECT ` + recordCols + ` FROM ` + t + `
 WHERE key = ANY($1::text[]) AND ` + activePredicate
+
+	// The most recent failed record of each key since $2, on the exempt
+	// records' index.
+	q.lastRefusals = `SELECT DISTINCT ON (key) ` + recordCols + ` FROM ` + t + `
+WHERE key = ANY($1::text[]) AND state = 'failed' AND updated_at >= $2::timestamptz
+ORDER BY key, updated_at DESC`
 
 	// ListStuck: idempotency.Stuck in SQL.
 	q.listStuck = `WITH clock AS MATERIALIZED (SELECT ` + nowParam("$1") + ` AS now)
@@ -614,6 +621,20 @@ func (s *Store) Lookup(ctx context.Context, keys []string) (map[string]idempoten
 		return nil, wrapErr(ctx, "lookup", err)
 	}
 	return out, nil
+}
+
+// LastRefusals implements idempotency.RefusalLookup with one query; no
+// keys, no query.
+func (s *Store) LastRefusals(ctx context.Context, keys []string, since time.Time) (map[string]idempotency.Record, error) {
+	out := map[string]idempotency.Record{}
+	if len(keys) == 0 {
+		return out, nil
+	}
+	recs, err := s.collect(ctx, "last refusals", s.q.lastRefusals, keys, since)
+	for _, r := range recs {
+		out[r.Key] = r
+	}
+	return out, err
 }
 
 // ListStuck implements idempotency.Operator with one query

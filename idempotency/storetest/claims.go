@@ -219,6 +219,34 @@ var claimCases = []testCase{
 			t.Fatalf("an attempt that may still run keeps its lease as the bound a reconciliation waits for: %+v", left)
 		}
 	}},
+	{"RefusalLookupReturnsTheLastRefusalSince", func(t *testing.T, b *bundle) {
+		rl, ok := b.store.(idempotency.RefusalLookup)
+		if !ok {
+			t.Skip("the store does not implement idempotency.RefusalLookup")
+		}
+		refused, old, applied, never := newKey(), newKey(), newKey(), newKey()
+		o := plainClaim(t, b, old)
+		b.change(t, idempotency.Fail(old, o.Token, "declined long ago"))
+		b.clock.Advance(time.Hour)
+		since := b.clock.Now()
+		for _, reason := range []string{"first refusal", "second refusal"} {
+			r := plainClaim(t, b, refused)
+			b.change(t, idempotency.Fail(refused, r.Token, reason))
+			b.clock.Advance(time.Second)
+		}
+		a := plainClaim(t, b, applied)
+		b.complete(t, applied, a.Token, `"ok"`)
+		got, err := rl.LastRefusals(b.ctx, []string{refused, old, applied, never}, since)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || got[refused].Reason != "second refusal" || string(got[refused].Fingerprint) != "fp-1" {
+			t.Fatalf("LastRefusals: want the latest refusal of the one key refused since, with its fingerprint; got %+v", got)
+		}
+		if none, err := rl.LastRefusals(b.ctx, nil, since); err != nil || len(none) != 0 {
+			t.Fatalf("LastRefusals(nil): %v %v", none, err)
+		}
+	}},
 	{"CancelledContextIsAnError", func(t *testing.T, b *bundle) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()

@@ -35,12 +35,18 @@ type Report struct {
 	// skipped, held elsewhere under a live lease, not yet due, held with
 	// another fingerprint (a mismatch), or in doubt with no Find.
 	SavedByPreflight int
+	// RefusalsRemembered counts candidates skipped because their last
+	// record was refused with the same payload within the effect's
+	// RememberRefusal (also counted in Outcomes as permanent and in
+	// SavedByPreflight; not listed in Failures: the first refusal was).
+	RefusalsRemembered int
 	// Reconciled counts runs that asked the provider about a record in
 	// doubt (Effect.Find): found and recorded (OutcomeReconciled) or sent
 	// again under a new provider-key generation.
 	Reconciled int
-	// Lookups is the number of pre-flight Store.Lookup calls: one per
-	// batch that holds at least one valid key.
+	// Lookups is the number of pre-flight lookups: one Store.Lookup per
+	// batch that holds at least one valid key, and one for remembered
+	// refusals per batch where the effect remembers them.
 	Lookups int
 	// Batches is the number of batches processed.
 	Batches int

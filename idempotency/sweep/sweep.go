@@ -47,6 +47,12 @@ type Config struct {
 	// context.DeadlineExceeded. Nil means unlimited.
 	Limiter *rate.Limiter
 
+	// RetryRefused sends candidates whose last record was refused with the
+	// same payload even within the effect's RememberRefusal. The default
+	// (false) skips them without a claim or a provider call, and counts
+	// them in Report.RefusalsRemembered.
+	RetryRefused bool
+
 	// OnProgress, when set, is called after each batch with the cumulative
 	// counts. Calls never overlap: they come from the goroutine the Source
 	// yields from, between batches.
@@ -296,6 +302,18 @@ func (s *sweeper[In, Out]) batch(ctx context.Context, items []In) error {
 		}
 	}
 
+	// 2b. Refusals remembered: candidates with no active record whose last
+	// record was refused with the same payload (Effect.RememberRefusal).
+	refused, err := s.refusals(ctx, valid, active)
+	if err != nil {
+		s.unstarted(len(valid))
+		if ctx.Err() != nil {
+			return s.done(firstFailure, ctx.Err())
+		}
+		s.stop(fmt.Errorf("sweep: %s: refusals of %d keys: %w", s.eff.Name, len(valid), err))
+		return s.done(firstFailure, s.stopErr(ctx))
+	}
+
 	// 3. Settle what the pre-flight can; run the rest.
 	var g errgroup.Group
 	g.SetLimit(s.cfg.Concurrency)
@@ -305,6 +323,13 @@ func (s *sweeper[In, Out]) batch(ctx context.Context, items []In) error {
 				s.preflighted(Failure{Index: c.index, Key: c.key, Outcome: o, Err: err})
 				continue
 			}
+		} else if rec, ok := refused[c.key.String()]; ok && rec.FingerprintMatches(c.fp) {
+			s.mu.Lock()
+			s.rep.Outcomes[idempotency.OutcomePermanent]++
+			s.rep.SavedByPreflight++
+			s.rep.RefusalsRemembered++
+			s.mu.Unlock()
+			continue
 		}
 		if s.stopErr(ctx) != nil {
 			s.unstarted(1)
@@ -333,6 +358,32 @@ func (s *sweeper[In, Out]) batch(ctx context.Context, items []In) error {
 	}
 	_ = g.Wait() // the goroutines never return an error
 	return s.done(firstFailure, s.stopErr(ctx))
+}
+
+// refusals returns the last refusals, within the effect's RememberRefusal,
+// of the valid candidates that have no active record: one lookup, only for
+// effects that remember refusals and stores that can tell.
+func (s *sweeper[In, Out]) refusals(ctx context.Context, valid []candidate[In], active map[string]idempotency.Record) (map[string]idempotency.Record, error) {
+	rl, ok := s.store.(idempotency.RefusalLookup)
+	if !ok || s.eff.RememberRefusal <= 0 || s.cfg.RetryRefused {
+		return nil, nil
+	}
+	var keys []string
+	seen := map[string]bool{}
+	for _, c := range valid {
+		k := c.key.String()
+		if _, ok := active[k]; !ok && !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	s.mu.Lock()
+	s.rep.Lookups++
+	s.mu.Unlock()
+	return rl.LastRefusals(ctx, keys, s.x.Now().Add(-s.eff.RememberRefusal))
 }
 
 // preflight settles a candidate from its active record when the claim rule

@@ -373,3 +373,56 @@ func TestRunSweepsWithTheStoreClock(t *testing.T) {
 	calls, _ := p.stats()
 	require.Equal(t, 2, calls)
 }
+
+// TestRunRemembersRefusals: a credit in the wrong currency is refused on
+// night 1; nights 2 and 3 send nothing; the corrected payload is sent at
+// once.
+func TestRunRemembersRefusals(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	clock := clocktest.New()
+	store := idempotency.NewMemStore(&idempotency.MemStoreConfig{Now: clock.Now})
+	x, err := idempotency.NewExecutor(store, &idempotency.Config{Now: clock.Now})
+	require.NoError(t, err)
+	p := newProvider()
+	p.before = func(_ context.Context, _ int, in promo) error {
+		if in.Percent == 10 {
+			return idempotency.Permanent(errors.New("invalid_request_error: currency mismatch"))
+		}
+		return nil
+	}
+	eff := p.effect()
+	eff.RememberRefusal = 7 * 24 * time.Hour
+	night := func(in promo, cfg *sweep.Config) sweep.Report {
+		rep, err := sweep.Run(ctx, x, eff, sweep.Slice([]promo{in}), cfg)
+		require.NoError(t, err)
+		requireAccounted(t, rep)
+		clock.Advance(24 * time.Hour)
+		return rep
+	}
+	wrong := promos(0, 1)[0]
+	wrong.Percent = 10
+	rep := night(wrong, nil)
+	require.Equal(t, 1, rep.Outcomes[idempotency.OutcomePermanent])
+	require.Len(t, rep.Failures, 1)
+	for range 2 {
+		rep = night(wrong, nil)
+		require.Equal(t, 1, rep.RefusalsRemembered)
+		require.Equal(t, 1, rep.SavedByPreflight)
+		require.Zero(t, rep.ProviderCalls)
+		require.Empty(t, rep.Failures, "the refusal was reported the first night")
+	}
+	calls, _ := p.stats()
+	require.Equal(t, 1, calls, "three nights, one refused call")
+
+	rep = night(wrong, &sweep.Config{RetryRefused: true})
+	require.Equal(t, 1, rep.ProviderCalls, "RetryRefused sends it anyway")
+
+	fixed := wrong
+	fixed.Percent = 15
+	rep = night(fixed, nil)
+	require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeApplied], "a corrected payload is sent at once")
+	calls, created := p.stats()
+	require.Equal(t, 3, calls)
+	require.Equal(t, 1, created)
+}
