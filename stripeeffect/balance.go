@@ -2,7 +2,6 @@ package stripeeffect
 
 import (
 	"context"
-	"fmt"
 	"strings"
 
 	"github.com/stripe/stripe-go/v76"
@@ -59,13 +58,16 @@ func CreditResultOf(bt *stripe.CustomerBalanceTransaction) CreditResult {
 }
 
 // CreditBalance credits a customer's balance by c.Amount, sending key as the
-// Idempotency-Key and in the metadata under MetadataKey. A repeat with the
-// same key and c within DedupWindow returns the same transaction
-// (Replayed). Errors are classified (see Classify). A zero key, a missing
-// customer or currency, or an amount that is not positive sends nothing.
+// Idempotency-Key and its business key (key.Base()) in the metadata under
+// MetadataKey. A repeat with the same key and c within DedupWindow returns
+// the same transaction (Replayed). Errors are classified (see Classify) and
+// Stripe's answer is reported with idempotency.Observe. A zero key, a
+// missing customer or currency, or an amount that is not positive sends
+// nothing.
 func CreditBalance(ctx context.Context, api *client.API, key idempotency.Key, c Credit) (*stripe.CustomerBalanceTransaction, error) {
 	params := &stripe.CustomerBalanceTransactionParams{}
-	if err := prepare(ctx, api != nil && api.CustomerBalanceTransactions != nil, &params.Params, key); err != nil {
+	sent, err := prepare(ctx, api != nil && api.CustomerBalanceTransactions != nil, &params.Params, key)
+	if err != nil {
 		return nil, err
 	}
 	switch {
@@ -84,8 +86,12 @@ func CreditBalance(ctx context.Context, api *client.API, key idempotency.Key, c 
 	}
 	params.Metadata = metadataWithKey(c.Metadata, key)
 	bt, err := api.CustomerBalanceTransactions.New(params)
-	if err != nil {
-		return nil, Classify(fmt.Errorf("stripeeffect: credit customer %s: %w", c.Customer, err))
+	var resp *stripe.APIResponse
+	if bt != nil {
+		resp = bt.LastResponse
+	}
+	if err := sent.answered(ctx, resp, err, "credit customer "+c.Customer); err != nil {
+		return nil, err
 	}
 	return bt, nil
 }
@@ -93,9 +99,10 @@ func CreditBalance(ctx context.Context, api *client.API, key idempotency.Key, c 
 // CreditEffect returns an effect that gives the balance credit build
 // describes for each input, with CreditBalance. It is set for Stripe like
 // PromotionCodeEffect: Fingerprint is the JSON of build(in), ExpiredRetry
-// with DedupWindow 24 h, Retry a copy of DefaultRetry.
+// with DedupWindow 24 h, Find is FindCredit (the customer's balance
+// transactions), Retry a copy of DefaultRetry.
 //
 // It panics if api or build is nil.
 func CreditEffect[In any](api *client.API, name string, key func(In) (idempotency.Key, error), build func(In) Credit) *idempotency.Effect[In, CreditResult] {
-	return newEffect(api, name, key, build, CreditBalance, CreditResultOf, true)
+	return newEffect(api, name, key, build, CreditBalance, CreditResultOf, FindCredit, true)
 }

@@ -1,10 +1,14 @@
 package stripeeffect
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/stripe/stripe-go/v76"
@@ -21,6 +25,11 @@ var (
 	// the adapter refuses before sending it (a missing coupon, customer or
 	// currency, a non-positive amount, a nil client).
 	ErrInvalidRequest = errors.New("stripeeffect: invalid request")
+	// ErrNotSent is wrapped, classified not acted, around a transport
+	// error (a refused connection, a failed TLS handshake, a context done
+	// before the request went out) that the adapters saw before the
+	// request was handed to the connection: Stripe cannot have acted.
+	ErrNotSent = errors.New("stripeeffect: request not sent")
 )
 
 // Response headers Stripe sets that the classification reads.
@@ -31,28 +40,50 @@ const (
 )
 
 // Classify wraps an error returned by stripe-go in the idempotency class that
-// tells the executor what to do with the claim. It returns nil for nil and
-// leaves an already classified error (an *idempotency.ProviderError) as it
-// is. The original error stays reachable with errors.As (*stripe.Error) and
-// errors.Is.
+// says what Stripe may have done, from which the executor decides what to do
+// with the claim. It returns nil for nil and leaves an already classified
+// error (an *idempotency.ProviderError) as it is. The original error stays
+// reachable with errors.As (*stripe.Error) and errors.Is.
 //
-//	error                                         class       why
-//	-------------------------------------------   ---------   ---------------------------------------------
-//	not a *stripe.Error (network, timeout,        Retryable   nothing durable is known; the same key
-//	  cancelled context, unreadable body)                     replays the first result if Stripe acted
-//	409, or code idempotency_key_in_use           Retryable   a request with this key is in flight:
-//	                                                          back off, retry with the same key
-//	429 (rate_limit, lock_timeout)                Retryable   with Retry-After when given; not saved
-//	type idempotency_error (400)                  Mismatch    the key was used with other parameters
-//	5xx with Idempotent-Replayed: true            Reconcile   Stripe saved a failure under this key and
-//	                                                          will replay it until the key expires
-//	5xx with Stripe-Should-Retry: false           Reconcile   Stripe says the answer will not change
-//	other 5xx                                     Retryable   with Retry-After when given
-//	card_error (402), invalid_request_error,      Permanent   the request itself is refused (declined,
-//	  any other 4xx                                           unknown coupon, amount too large, auth)
+// Stripe saves the response to a keyed request once the endpoint began
+// executing, a 5xx included, and replays it to every request with the same
+// key for at least 24 hours. It saves nothing for a request it refuses
+// before executing: a validation error, a 401, a 409 (the key is in use by
+// a request still executing) or a 429.
 //
-// A replayed failure is never retryable: retrying under the same key gets
-// the same answer for 24 hours, and under a new key could act twice.
+//	answer                                  class       why
+//	-------------------------------------   ---------   ----------------------------------------------
+//	transport error before the request      NotActed    nothing reached Stripe (a refused connection,
+//	  was written (ErrNotSent)                          a failed TLS handshake, a context done first)
+//	transport error after it was written,   Unknown     Stripe may have acted; the same key replays
+//	  or a transport error alone                        what it did (a timeout, a lost response, a
+//	                                                    context done while waiting)
+//	409, or code idempotency_key_in_use     NotActed    another request with this key is executing;
+//	                                                    this one was refused: back off, same key
+//	429 (rate_limit, lock_timeout)          NotActed    refused before executing; Retry-After kept
+//	401                                     NotActed    refused before executing (an API key to fix);
+//	                                                    the same request may succeed later
+//	type idempotency_error (400)            Mismatch    the key was used with other parameters
+//	5xx, Idempotent-Replayed: true          Reconcile   a saved failure: the same key replays it for
+//	                                                    ever; only a lookup tells whether the object
+//	                                                    exists
+//	5xx, Stripe-Should-Retry: false         Reconcile   Stripe saved this failure (it began executing):
+//	                                                    a retry under the key would replay it
+//	other 5xx (api_error)                   Unknown     Stripe may have acted; Retry-After kept
+//	400 invalid_request_error               Permanent   refused before executing, nothing saved, so
+//	                                                    nothing happened and the key is free; but the
+//	                                                    same request would be refused again
+//	402 card_error (replayed or not)        Permanent   the endpoint ran and refused: nothing was
+//	                                                    created, and the refusal is saved under the key
+//	any other 4xx (403, 404, ...)           Permanent   the request itself is refused
+//
+// Classify sees only the error: a transport error it is given bare, without
+// ErrNotSent, may have followed a written request (net/http resends a keyed
+// POST on a fresh connection when a reused one fails), so it is Unknown. The
+// adapters of this package trace each request (httptrace WroteRequest) and
+// wrap ErrNotSent around the transport errors of requests that were not
+// written. "Written" means handed in full to the connection: a request that
+// then failed to leave the machine is still Unknown, the safe side.
 func Classify(err error) error {
 	if err == nil {
 		return nil
@@ -63,10 +94,13 @@ func Classify(err error) error {
 	}
 	var se *stripe.Error
 	if !errors.As(err, &se) {
-		// A network error, a timeout or a cancelled context: the request
-		// may or may not have reached Stripe. The same key makes the retry
-		// safe within DedupWindow.
-		return idempotency.Retryable(err, 0)
+		if errors.Is(err, ErrNotSent) {
+			return idempotency.NotActed(err, 0)
+		}
+		// A timeout, a lost response, a body that could not be read: the
+		// request may have reached Stripe. The same key makes a retry
+		// safe while Stripe remembers it.
+		return idempotency.Unknown(err, 0)
 	}
 	var header http.Header
 	if se.LastResponse != nil {
@@ -79,16 +113,16 @@ func Classify(err error) error {
 	after := retryAfter(header.Get(headerRetryAfter), time.Now())
 	switch {
 	case status == http.StatusConflict || se.Code == stripe.ErrorCodeIdempotencyKeyInUse:
-		return idempotency.Retryable(err, after)
+		return idempotency.NotActed(err, after)
 	case se.Type == stripe.ErrorTypeIdempotency:
 		return idempotency.Mismatch(err)
-	case status == http.StatusTooManyRequests:
-		return idempotency.Retryable(err, after)
+	case status == http.StatusTooManyRequests, status == http.StatusUnauthorized:
+		return idempotency.NotActed(err, after)
 	case status >= 500 || (status == 0 && se.Type == stripe.ErrorTypeAPI):
-		if isReplayed(header) || strings.EqualFold(header.Get(headerShouldRetry), "false") {
+		if isReplayed(header) || strings.EqualFold(strings.TrimSpace(header.Get(headerShouldRetry)), "false") {
 			return idempotency.Reconcile(err)
 		}
-		return idempotency.Retryable(err, after)
+		return idempotency.Unknown(err, after)
 	default:
 		return idempotency.Permanent(err)
 	}
@@ -105,6 +139,57 @@ func Replayed(resp *stripe.APIResponse) bool {
 
 func isReplayed(h http.Header) bool {
 	return strings.EqualFold(strings.TrimSpace(h.Get(headerReplayed)), "true")
+}
+
+// sendTrace learns whether a request was handed in full to a connection.
+type sendTrace struct{ wrote atomic.Bool }
+
+// bind returns ctx with the trace installed (after any trace ctx already
+// carries).
+func (t *sendTrace) bind(ctx context.Context) context.Context {
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		WroteRequest: func(info httptrace.WroteRequestInfo) {
+			// Called once per request written, stripe-go's and net/http's
+			// own retries included: one written request is enough for
+			// Stripe to have acted.
+			if info.Err == nil {
+				t.wrote.Store(true)
+			}
+		},
+	})
+}
+
+// notSentError marks a transport error met before the request was written.
+type notSentError struct{ err error }
+
+func (e *notSentError) Error() string   { return "request not sent: " + e.err.Error() }
+func (e *notSentError) Unwrap() []error { return []error{ErrNotSent, e.err} }
+
+// answered reports Stripe's answer to the attempt running under ctx
+// (idempotency.Observe: status, Request-Id, replay) and returns err, wrapped
+// with what and classified. resp is the returned object's LastResponse (set
+// by stripe-go even when a 2xx body could not be decoded); for a
+// *stripe.Error its own LastResponse is used. Nothing is observed when no
+// answer came back.
+func (t *sendTrace) answered(ctx context.Context, resp *stripe.APIResponse, err error, what string) error {
+	var se *stripe.Error
+	if errors.As(err, &se) && se.LastResponse != nil {
+		resp = se.LastResponse
+	}
+	if resp != nil {
+		idempotency.Observe(ctx, idempotency.Observation{
+			Status:    resp.StatusCode,
+			RequestID: resp.RequestID,
+			Replayed:  isReplayed(resp.Header),
+		})
+	}
+	if err == nil {
+		return nil
+	}
+	if se == nil && !t.wrote.Load() {
+		err = &notSentError{err}
+	}
+	return Classify(fmt.Errorf("stripeeffect: %s: %w", what, err))
 }
 
 // retryAfter parses a Retry-After value: delay-seconds or an HTTP date.

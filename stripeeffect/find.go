@@ -19,17 +19,18 @@ const findPageSize = 100
 // would create for key and p exists, without creating anything: it lists
 // the codes of p.Coupon restricted to p.Customer (all the coupon's codes
 // when p.Customer is empty, which may take more pages), newest first, and
-// stops at the first whose metadata holds key under MetadataKey. It returns
-// that code's PromotionCodeResult (Replayed false) and true; false and a
-// nil error when no code holds key; or an error, classified by Classify,
-// when a page could not be read (then nothing is known).
+// stops at the first whose metadata holds key's business key under
+// MetadataKey. It returns that code's PromotionCodeResult (Replayed false)
+// and true; false and a nil error when no code holds the key; or an error,
+// classified by Classify, when a page could not be read (then nothing is
+// known).
 //
-// key is matched exactly: pass the key CreatePromotionCode stored in the
-// metadata (the effect's business key, HMAC'd in HMAC mode), not an
-// Idempotency-Key header value derived from it, such as one with a retry
-// generation appended. A zero key, an empty coupon or a nil client sends
-// nothing and returns a permanent ErrNoKey or ErrInvalidRequest. See "Finding
-// an object" in the package documentation.
+// The business key (key.Base(), HMAC'd in HMAC mode) is matched exactly, as
+// CreatePromotionCode stored it: a code created under any provider-key
+// generation of key is found, and so is one created under key itself. A
+// zero key, an empty coupon or a nil client sends nothing and returns a
+// permanent ErrNoKey or ErrInvalidRequest. See "Finding an object" in the
+// package documentation.
 func FindPromotionCode(ctx context.Context, api *client.API, key idempotency.Key, p PromotionCode) (PromotionCodeResult, bool, error) {
 	if err := prepareFind(key, api != nil && api.PromotionCodes != nil); err != nil {
 		return PromotionCodeResult{}, false, err
@@ -57,14 +58,14 @@ func FindPromotionCode(ctx context.Context, api *client.API, key idempotency.Key
 
 // FindRefund reports whether the refund CreateRefund would issue for key
 // and r exists, without refunding: it lists the refunds of r.PaymentIntent,
-// newest first, and stops at the first whose metadata holds key under
-// MetadataKey. It returns that refund's RefundResult (Replayed false) and
-// true; false and a nil error when no refund holds key; or an error,
-// classified by Classify, when a page could not be read.
+// newest first, and stops at the first whose metadata holds key's business
+// key under MetadataKey. It returns that refund's RefundResult (Replayed
+// false) and true; false and a nil error when no refund holds the key; or
+// an error, classified by Classify, when a page could not be read.
 //
-// key is matched exactly, as for FindPromotionCode: pass the business key
-// CreateRefund stored in the metadata. A zero key, an empty payment intent
-// or a nil client sends nothing and returns a permanent ErrNoKey or
+// The business key is matched as for FindPromotionCode, whatever the
+// generation CreateRefund was sent under. A zero key, an empty payment
+// intent or a nil client sends nothing and returns a permanent ErrNoKey or
 // ErrInvalidRequest.
 func FindRefund(ctx context.Context, api *client.API, key idempotency.Key, r Refund) (RefundResult, bool, error) {
 	if err := prepareFind(key, api != nil && api.Refunds != nil); err != nil {
@@ -91,14 +92,14 @@ func FindRefund(ctx context.Context, api *client.API, key idempotency.Key, r Ref
 // FindCredit reports whether the balance credit CreditBalance would give
 // for key and c exists, without crediting: it lists the balance
 // transactions of c.Customer, newest first, and stops at the first whose
-// metadata holds key under MetadataKey. It returns that transaction's
-// CreditResult (Replayed false) and true; false and a nil error when none
-// holds key; or an error, classified by Classify, when a page could not be
-// read (an unknown customer is a permanent 404).
+// metadata holds key's business key under MetadataKey. It returns that
+// transaction's CreditResult (Replayed false) and true; false and a nil
+// error when none holds the key; or an error, classified by Classify, when a
+// page could not be read (an unknown customer is a permanent 404).
 //
-// key is matched exactly, as for FindPromotionCode: pass the business key
-// CreditBalance stored in the metadata. A zero key, an empty customer or a
-// nil client sends nothing and returns a permanent ErrNoKey or
+// The business key is matched as for FindPromotionCode, whatever the
+// generation CreditBalance was sent under. A zero key, an empty customer or
+// a nil client sends nothing and returns a permanent ErrNoKey or
 // ErrInvalidRequest.
 func FindCredit(ctx context.Context, api *client.API, key idempotency.Key, c Credit) (CreditResult, bool, error) {
 	if err := prepareFind(key, api != nil && api.CustomerBalanceTransactions != nil); err != nil {
@@ -134,8 +135,9 @@ func prepareFind(key idempotency.Key, hasClient bool) error {
 	return nil
 }
 
-// holdsKey reports whether metadata written by the create adapters holds key.
+// holdsKey reports whether metadata written by the create adapters holds
+// key's business key.
 func holdsKey(metadata map[string]string, key idempotency.Key) bool {
 	v, ok := metadata[MetadataKey]
-	return ok && v == key.String()
+	return ok && v == key.Base().String()
 }

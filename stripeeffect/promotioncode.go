@@ -2,7 +2,6 @@ package stripeeffect
 
 import (
 	"context"
-	"fmt"
 	"strings"
 
 	"github.com/stripe/stripe-go/v76"
@@ -55,13 +54,16 @@ func PromotionCodeResultOf(pc *stripe.PromotionCode) PromotionCodeResult {
 }
 
 // CreatePromotionCode creates a promotion code that can be redeemed once
-// (max_redemptions 1), sending key as the Idempotency-Key and in the
-// metadata under MetadataKey. A repeat with the same key and p within
-// DedupWindow returns the same code (Replayed). Errors are classified (see
-// Classify); a zero key or an empty coupon sends nothing.
+// (max_redemptions 1), sending key as the Idempotency-Key and its business
+// key (key.Base()) in the metadata under MetadataKey. A repeat with the same
+// key and p within DedupWindow returns the same code (Replayed). Errors are
+// classified (see Classify), and Stripe's answer is reported to the
+// executor's attempt with idempotency.Observe; a zero key or an empty coupon
+// sends nothing.
 func CreatePromotionCode(ctx context.Context, api *client.API, key idempotency.Key, p PromotionCode) (*stripe.PromotionCode, error) {
 	params := &stripe.PromotionCodeParams{}
-	if err := prepare(ctx, api != nil && api.PromotionCodes != nil, &params.Params, key); err != nil {
+	sent, err := prepare(ctx, api != nil && api.PromotionCodes != nil, &params.Params, key)
+	if err != nil {
 		return nil, err
 	}
 	if strings.TrimSpace(p.Coupon) == "" {
@@ -77,8 +79,8 @@ func CreatePromotionCode(ctx context.Context, api *client.API, key idempotency.K
 	}
 	params.Metadata = metadataWithKey(p.Metadata, key)
 	pc, err := api.PromotionCodes.New(params)
-	if err != nil {
-		return nil, Classify(fmt.Errorf("stripeeffect: create promotion code: %w", err))
+	if err := sent.answered(ctx, promotionCodeResponse(pc), err, "create promotion code"); err != nil {
+		return nil, err
 	}
 	return pc, nil
 }
@@ -87,10 +89,12 @@ func CreatePromotionCode(ctx context.Context, api *client.API, key idempotency.K
 // (the revocation of a code given by mistake), sending key as the
 // Idempotency-Key. Build the key from the code's id (hazard 9: a key reused
 // for another code is a mismatch). Deactivating twice is harmless. Errors
-// are classified (see Classify); a zero key or an empty id sends nothing.
+// are classified (see Classify) and the answer observed, as for
+// CreatePromotionCode; a zero key or an empty id sends nothing.
 func DeactivatePromotionCode(ctx context.Context, api *client.API, key idempotency.Key, promotionCodeID string) (*stripe.PromotionCode, error) {
 	params := &stripe.PromotionCodeParams{}
-	if err := prepare(ctx, api != nil && api.PromotionCodes != nil, &params.Params, key); err != nil {
+	sent, err := prepare(ctx, api != nil && api.PromotionCodes != nil, &params.Params, key)
+	if err != nil {
 		return nil, err
 	}
 	if strings.TrimSpace(promotionCodeID) == "" {
@@ -98,10 +102,17 @@ func DeactivatePromotionCode(ctx context.Context, api *client.API, key idempoten
 	}
 	params.Active = stripe.Bool(false)
 	pc, err := api.PromotionCodes.Update(promotionCodeID, params)
-	if err != nil {
-		return nil, Classify(fmt.Errorf("stripeeffect: deactivate promotion code %s: %w", promotionCodeID, err))
+	if err := sent.answered(ctx, promotionCodeResponse(pc), err, "deactivate promotion code "+promotionCodeID); err != nil {
+		return nil, err
 	}
 	return pc, nil
+}
+
+func promotionCodeResponse(pc *stripe.PromotionCode) *stripe.APIResponse {
+	if pc == nil {
+		return nil
+	}
+	return pc.LastResponse
 }
 
 // PromotionCodeEffect returns an effect that creates the one-time promotion
@@ -109,22 +120,26 @@ func DeactivatePromotionCode(ctx context.Context, api *client.API, key idempoten
 //
 // The effect is set for Stripe: Fingerprint is the JSON of build(in);
 // Expired is idempotency.ExpiredRetry with DedupWindow 24 h, so a claim left
-// by a crashed worker is taken over and Stripe replays the code it created,
-// and past the window the record needs reconciliation instead of a second
-// code; Retry is a copy of DefaultRetry. build is called for the
-// fingerprint and for each attempt: it must depend on in only. Set other
-// fields (OnComplete, Lease) before the first run.
+// by a crashed worker, or an attempt whose answer was lost, is retried under
+// the same key and Stripe replays the code it created; Find is
+// FindPromotionCode, so a record in doubt (past the window, or after a
+// replayed 500) is settled by asking Stripe instead of sending blindly;
+// Retry is a copy of DefaultRetry. build is called for the fingerprint, for
+// each attempt and for each lookup: it must depend on in only. Set other
+// fields (OnComplete, Lease) before the first run; set Find to nil to leave
+// records in doubt to an operator.
 //
 // It panics if api or build is nil.
 func PromotionCodeEffect[In any](api *client.API, name string, key func(In) (idempotency.Key, error), build func(In) PromotionCode) *idempotency.Effect[In, PromotionCodeResult] {
-	return newEffect(api, name, key, build, CreatePromotionCode, PromotionCodeResultOf, true)
+	return newEffect(api, name, key, build, CreatePromotionCode, PromotionCodeResultOf, FindPromotionCode, true)
 }
 
 // DeactivatePromotionCodeEffect returns an effect that deactivates the
 // promotion code whose id promotionCodeID gives for each input, with
 // DeactivatePromotionCode. Its fingerprint is the id. Deactivation is safe
 // to repeat, so an expired claim is always taken over (ExpiredRetry, no
-// DedupWindow). It panics if api or promotionCodeID is nil.
+// DedupWindow). It has no Find: a replayed 500 leaves the record in doubt
+// for an operator. It panics if api or promotionCodeID is nil.
 func DeactivatePromotionCodeEffect[In any](api *client.API, name string, key func(In) (idempotency.Key, error), promotionCodeID func(In) string) *idempotency.Effect[In, PromotionCodeResult] {
-	return newEffect(api, name, key, promotionCodeID, DeactivatePromotionCode, PromotionCodeResultOf, false)
+	return newEffect(api, name, key, promotionCodeID, DeactivatePromotionCode, PromotionCodeResultOf, nil, false)
 }

@@ -2,7 +2,6 @@ package stripeeffect
 
 import (
 	"context"
-	"fmt"
 	"strings"
 
 	"github.com/stripe/stripe-go/v76"
@@ -52,14 +51,16 @@ func RefundResultOf(rf *stripe.Refund) RefundResult {
 }
 
 // CreateRefund refunds a payment intent, sending key as the Idempotency-Key
-// and in the metadata under MetadataKey. A repeat with the same key and r
-// within DedupWindow returns the same refund (Replayed). Errors are
-// classified (see Classify): an amount above what is left, or an unknown
-// payment intent, is permanent. A zero key, an empty payment intent or a
-// negative amount sends nothing.
+// and its business key (key.Base()) in the metadata under MetadataKey. A
+// repeat with the same key and r within DedupWindow returns the same refund
+// (Replayed). Errors are classified (see Classify): an amount above what is
+// left, or an unknown payment intent, is permanent. Stripe's answer is
+// reported with idempotency.Observe. A zero key, an empty payment intent or
+// a negative amount sends nothing.
 func CreateRefund(ctx context.Context, api *client.API, key idempotency.Key, r Refund) (*stripe.Refund, error) {
 	params := &stripe.RefundParams{}
-	if err := prepare(ctx, api != nil && api.Refunds != nil, &params.Params, key); err != nil {
+	sent, err := prepare(ctx, api != nil && api.Refunds != nil, &params.Params, key)
+	if err != nil {
 		return nil, err
 	}
 	if strings.TrimSpace(r.PaymentIntent) == "" {
@@ -77,8 +78,12 @@ func CreateRefund(ctx context.Context, api *client.API, key idempotency.Key, r R
 	}
 	params.Metadata = metadataWithKey(r.Metadata, key)
 	rf, err := api.Refunds.New(params)
-	if err != nil {
-		return nil, Classify(fmt.Errorf("stripeeffect: refund %s: %w", r.PaymentIntent, err))
+	var resp *stripe.APIResponse
+	if rf != nil {
+		resp = rf.LastResponse
+	}
+	if err := sent.answered(ctx, resp, err, "refund "+r.PaymentIntent); err != nil {
+		return nil, err
 	}
 	return rf, nil
 }
@@ -86,11 +91,12 @@ func CreateRefund(ctx context.Context, api *client.API, key idempotency.Key, r R
 // RefundEffect returns an effect that issues the refund build describes for
 // each input, with CreateRefund. It is set for Stripe like
 // PromotionCodeEffect: Fingerprint is the JSON of build(in), ExpiredRetry
-// with DedupWindow 24 h, Retry a copy of DefaultRetry. Key the effect by the
+// with DedupWindow 24 h, Find is FindRefund (the payment intent's refunds),
+// Retry a copy of DefaultRetry. Key the effect by the
 // refund request (one key per refund the business means to make), never by
 // the order alone, or a second partial refund would replay the first.
 //
 // It panics if api or build is nil.
 func RefundEffect[In any](api *client.API, name string, key func(In) (idempotency.Key, error), build func(In) Refund) *idempotency.Effect[In, RefundResult] {
-	return newEffect(api, name, key, build, CreateRefund, RefundResultOf, true)
+	return newEffect(api, name, key, build, CreateRefund, RefundResultOf, FindRefund, true)
 }
