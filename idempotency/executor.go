@@ -61,6 +61,9 @@ type Event struct {
 	// Reconciled reports that the run asked the provider about a record in
 	// doubt.
 	Reconciled bool
+	// LostResult is Result.LostResult: a provider success the ledger could
+	// not record, encoded.
+	LostResult []byte
 	Err        error
 	Duration   time.Duration
 }
@@ -87,6 +90,10 @@ type Config struct {
 	// and the time of each attempt. Nil means time.Now. Tests share one
 	// fake clock with the store.
 	Now func() time.Time
+	// Sleep waits between in-run attempts; it returns early with ctx's
+	// error when ctx is done. Nil means a timer. Tests pass one that
+	// advances their fake clock instead of waiting.
+	Sleep func(ctx context.Context, d time.Duration) error
 }
 
 // Executor runs effects against a Store. It is safe for concurrent use.
@@ -119,7 +126,11 @@ func NewExecutor(store Store, cfg *Config) (*Executor, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &Executor{store: store, cfg: c, logger: c.Logger, sleep: sleepCtx, now: now,
+	sleep := c.Sleep
+	if sleep == nil {
+		sleep = sleepCtx
+	}
+	return &Executor{store: store, cfg: c, logger: c.Logger, sleep: sleep, now: now,
 		mw: append([]Middleware(nil), c.Middleware...)}, nil
 }
 
@@ -143,7 +154,8 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-func (x *Executor) report(ctx context.Context, ev Event, result []byte) {
+func (x *Executor) report(ctx context.Context, ev Event) {
+	result := ev.LostResult
 	if x.cfg.OnOutcome != nil {
 		x.cfg.OnOutcome(ctx, ev)
 	}

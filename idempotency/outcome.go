@@ -120,6 +120,12 @@ type Result[Out any] struct {
 	// Reconciled reports that this run asked the provider about a record
 	// in doubt (Effect.Find): found (OutcomeReconciled) or sent again.
 	Reconciled bool
+	// LostResult is, when the provider succeeded but the ledger could not
+	// record it (OutcomeError from a failed completion,
+	// OutcomeNeedsReconciliation with a *LostResultError), the encoded
+	// result the provider returned: keep it where an operator sees it.
+	// Nil otherwise.
+	LostResult []byte
 	// Delay is, for in_flight, not_due and retryable, how long to wait
 	// before another delivery is worth making (the holder's lease, the
 	// record's due time); zero when no wait is known.

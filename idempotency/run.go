@@ -43,13 +43,14 @@ func Run[In, Out any](ctx context.Context, x *Executor, e *Effect[In, Out], in I
 	r := &runner[In, Out]{x: x, e: e, in: in}
 	res, err := r.run(ctx)
 	res.Err = err
+	res.LostResult = r.lost
 	if x != nil {
 		name := ""
 		if e != nil {
 			name = e.Name
 		}
 		x.report(ctx, Event{Effect: name, Namespace: res.Key.Namespace(), Key: res.Key, Outcome: res.Outcome,
-			Calls: res.Calls, Attempts: res.Attempts, Reconciled: res.Reconciled, Err: err, Duration: time.Since(start)}, r.lost)
+			Calls: res.Calls, Attempts: res.Attempts, Reconciled: res.Reconciled, LostResult: r.lost, Err: err, Duration: time.Since(start)})
 	}
 	return res, err
 }

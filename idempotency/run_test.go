@@ -308,13 +308,18 @@ func TestRunFailureClassesDecideTheRecord(t *testing.T) {
 
 func TestRunRetriesInRunWithSameKey(t *testing.T) {
 	t.Parallel()
-	e := setup(t, &idempotency.Config{Retry: idempotency.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond}})
+	var slept []time.Duration
+	e := setup(t, &idempotency.Config{
+		Retry: idempotency.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Second, MaxBackoff: time.Minute},
+		Sleep: func(ctx context.Context, d time.Duration) error { slept = append(slept, d); return nil },
+	})
 	eff := e.with(func(eff *idempotency.Effect[refund, string]) { eff.Expired = idempotency.ExpiredRetry })
-	e.p.fail = []error{idempotency.NotActed(errors.New("409 in flight"), 0), idempotency.Unknown(errors.New("503"), time.Millisecond)}
+	e.p.fail = []error{idempotency.NotActed(errors.New("409 in flight"), 0), idempotency.Unknown(errors.New("503"), 5*time.Second)}
 	res, err := idempotency.Run(e.ctx, e.x, eff, r1)
 	require.NoError(t, err)
 	require.Equal(t, idempotency.OutcomeApplied, res.Outcome)
 	require.Equal(t, 3, res.Calls)
+	require.Equal(t, []time.Duration{time.Second, 5 * time.Second}, slept, "backoff, then the provider's longer Retry-After")
 	require.Len(t, e.p.keys, 3)
 	require.Equal(t, e.p.keys[0], e.p.keys[1])
 	require.Equal(t, e.p.keys[0], e.p.keys[2])
@@ -514,6 +519,7 @@ func TestRunLostSuccessThatCannotBeRecordedKeepsTheResult(t *testing.T) {
 	require.ErrorAs(t, late.Err, &lost)
 	require.ErrorIs(t, late.Err, idempotency.ErrNeedsReconciliation)
 	require.Equal(t, `"re_1"`, string(lost.Result), "the provider's answer is kept in the error")
+	require.Equal(t, `"re_1"`, string(late.LostResult), "and in the result")
 	require.Contains(t, logs.String(), `result="\"re_1\""`, "and in the log")
 	require.Contains(t, logs.String(), "level=ERROR")
 }
@@ -683,6 +689,7 @@ func TestRunHooks(t *testing.T) {
 		res, err := idempotency.Run(e.ctx, e.x, eff, r1)
 		require.Error(t, err)
 		require.Equal(t, idempotency.OutcomeError, res.Outcome)
+		require.Equal(t, `"re_1"`, string(res.LostResult), "the success the ledger could not record is kept")
 		require.Empty(t, rows)
 		e.clock.Advance(10 * time.Minute)
 		fail = false

@@ -334,7 +334,9 @@ type Operator interface {
 	ListStuck(ctx context.Context, req ListStuckRequest) ([]Record, error)
 
 	// Settle resolves a pending record by hand after an operator checked
-	// the provider. The token must be the record's current one (as
+	// the provider. It runs no hook: an operator who settles a record
+	// applied writes the domain row too, in the same transaction where the
+	// store allows it (pgguard: Store.WithDB on the caller's pgx.Tx). The token must be the record's current one (as
 	// ListStuck showed it), or it returns ErrClaimLost. A record held under
 	// a live lease is refused with ErrClaimLive unless req.Force: its
 	// holder may still succeed.

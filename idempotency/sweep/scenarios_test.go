@@ -74,8 +74,13 @@ func cancelScenario(t *testing.T, base idempotency.Store, n, cancelAt int) sweep
 		if call == cancelAt {
 			cancel() // this call still completes: the effect happened
 		} else if call > cancelAt {
-			// Calls racing with the cancel fail as a provider client would.
-			return ctx.Err()
+			// Calls racing with the cancel fail before sending, as a
+			// provider client does when its context is done before the
+			// request is written: it says the provider did not act (an
+			// unclassified error would leave the record in doubt).
+			if err := ctx.Err(); err != nil {
+				return idempotency.NotActed(err, 0)
+			}
 		}
 		return nil
 	}
