@@ -14,7 +14,7 @@ import (
 	"github.com/stripe/stripe-go/v76/client"
 
 	"github.com/effectonce/effectonce/idempotency"
-	"github.com/effectonce/effectonce/idempotency/storetest"
+	"github.com/effectonce/effectonce/idempotency/clocktest"
 	"github.com/effectonce/effectonce/stripeeffect"
 	"github.com/effectonce/effectonce/stripeeffect/stripefake"
 )
@@ -54,12 +54,13 @@ func promoRequest(g grant) stripeeffect.PromotionCode {
 var fastRetry = idempotency.RetryPolicy{MaxAttempts: 4, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 2 * time.Second}
 
 // bundle is one test's world: a fake Stripe with its client, and an
-// executor over an in-memory ledger, both on fake clocks.
+// executor over an in-memory ledger, all on one fake clock (stripefake's
+// clock is set from it and advanced with it).
 type bundle struct {
 	ctx    context.Context
 	fake   *stripefake.Server
 	api    *client.API
-	clock  *storetest.Clock
+	clock  *clocktest.Clock
 	exec   *idempotency.Executor
 	effect *idempotency.Effect[grant, stripeeffect.PromotionCodeResult]
 	g      grant
@@ -72,9 +73,10 @@ func setup(t *testing.T) *bundle {
 	t.Cleanup(fake.Close)
 	fake.AddCoupon(coupon, 10)
 	fake.AddPaymentIntent("pi_1", 5000, "usd")
-	clock := storetest.NewClock()
+	clock := clocktest.New()
+	fake.SetNow(clock.Now())
 	exec, err := idempotency.NewExecutor(idempotency.NewMemStore(&idempotency.MemStoreConfig{Now: clock.Now}),
-		&idempotency.Config{Lease: lease})
+		&idempotency.Config{Lease: lease, Now: clock.Now})
 	require.NoError(t, err)
 	api := stripeeffect.NewAPI("sk_test_effects", &stripeeffect.APIConfig{URL: fake.URL()})
 	eff := stripeeffect.PromotionCodeEffect(api, "test.anniversary", grantKey, promoRequest)
@@ -251,17 +253,18 @@ func TestPromotionCodeEffect(t *testing.T) {
 		requireSameKeyEverywhere(t, b)
 	})
 
-	t.Run("Replayed500NeedsReconciliationAndIsNotCalledAgain", func(t *testing.T) {
+	t.Run("Replayed500IsNotRetriedAndTheNextRunFindsTheCode", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		// An earlier attempt under this key got a 500 that Stripe saved.
+		// An earlier request under this key (outside the ledger) made the
+		// code, then got a 500 that Stripe saved.
 		b.fake.InjectFault(stripefake.Fault{Kind: stripefake.FaultServerErrorAfterWrite, Path: "/v1/promotion_codes"})
 		_, err := stripeeffect.CreatePromotionCode(b.ctx, b.api, b.key, promoRequest(b.g))
 		require.ErrorIs(t, err, idempotency.ErrNeedsReconciliation)
 
 		res, err := b.run(t)
-		require.ErrorIs(t, err, idempotency.ErrNeedsReconciliation)
-		require.Equal(t, idempotency.OutcomeNeedsReconciliation, res.Outcome)
+		require.ErrorIs(t, err, idempotency.ErrRetryable, "in doubt: a later run asks Stripe")
+		require.Equal(t, idempotency.OutcomeRetryable, res.Outcome)
 		require.Equal(t, 1, res.Calls, "a replayed 500 is not retried in-run")
 		reqs := b.fake.Requests(b.key.String())
 		require.Len(t, reqs, 2)
@@ -270,28 +273,63 @@ func TestPromotionCodeEffect(t *testing.T) {
 		var se *stripe.Error
 		require.ErrorAs(t, err, &se)
 		require.True(t, stripeeffect.Replayed(se.LastResponse))
+		require.Equal(t, []idempotency.Attempt{{At: b.clock.Now(), Generation: 1, Class: idempotency.AttemptUnknown,
+			Status: http.StatusInternalServerError, RequestID: reqs[1].RequestID, Replayed: true, Error: res.Attempts[0].Error}},
+			res.Attempts)
+
+		creates := b.fake.Calls(stripefake.OpCreate, "")
+		again, err := b.run(t)
+		require.NoError(t, err)
+		require.Equal(t, idempotency.OutcomeReconciled, again.Outcome)
+		require.Zero(t, again.Calls)
+		require.Equal(t, b.fake.Objects()[0].ID, again.Value.ID)
+		require.Equal(t, creates, b.fake.Calls(stripefake.OpCreate, ""), "found, not sent again")
+		require.Equal(t, 1, b.fake.Created(stripefake.KindPromotionCode))
+	})
+
+	t.Run("WithoutFindAReplayed500WaitsForAnOperator", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.effect.Find = nil
+		b.fake.InjectFault(stripefake.Fault{Kind: stripefake.FaultServerErrorAfterWrite, Path: "/v1/promotion_codes"})
+		_, err := stripeeffect.CreatePromotionCode(b.ctx, b.api, b.key, promoRequest(b.g))
+		require.ErrorIs(t, err, idempotency.ErrNeedsReconciliation)
+
+		res, err := b.run(t)
+		require.ErrorIs(t, err, idempotency.ErrNeedsReconciliation)
+		require.Equal(t, idempotency.OutcomeNeedsReconciliation, res.Outcome)
+		require.Equal(t, 1, res.Calls)
 
 		again, err := b.run(t)
 		require.ErrorIs(t, err, idempotency.ErrNeedsReconciliation)
 		require.Equal(t, idempotency.OutcomeNeedsReconciliation, again.Outcome)
 		require.Zero(t, again.Calls)
-		require.Len(t, b.fake.Requests(b.key.String()), 2, "a parked record must not call Stripe")
+		require.Len(t, b.fake.Requests(b.key.String()), 2, "a record in doubt must not call Stripe")
+		require.Zero(t, b.fake.Calls(stripefake.OpList, ""))
 	})
 
-	t.Run("SavedFresh500NeedsReconciliation", func(t *testing.T) {
+	t.Run("Saved500AfterTheWriteIsNotRetriedAndTheNextRunFindsTheCode", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		// Stripe created the code, then failed and saved the 500 with
 		// Stripe-Should-Retry: false: retrying gets the 500 back.
 		b.fake.InjectFault(stripefake.Fault{Kind: stripefake.FaultServerErrorAfterWrite, Path: "/v1/promotion_codes"})
 		res, err := b.run(t)
-		require.ErrorIs(t, err, idempotency.ErrNeedsReconciliation)
-		require.Equal(t, idempotency.OutcomeNeedsReconciliation, res.Outcome)
-		require.Equal(t, 1, res.Calls)
+		require.ErrorIs(t, err, idempotency.ErrRetryable)
+		require.Equal(t, idempotency.OutcomeRetryable, res.Outcome)
+		require.Equal(t, 1, res.Calls, "Stripe-Should-Retry: false is not retried in-run")
 		require.Equal(t, 1, b.fake.Created(stripefake.KindPromotionCode), "why a blind retry under a new key would be wrong")
+
+		again, err := b.run(t)
+		require.NoError(t, err)
+		require.Equal(t, idempotency.OutcomeReconciled, again.Outcome)
+		require.Zero(t, again.Calls)
+		require.Equal(t, b.fake.Objects()[0].ID, again.Value.ID)
+		require.Equal(t, 1, b.fake.Calls(stripefake.OpCreate, ""))
+		require.Equal(t, 1, b.fake.Created(stripefake.KindPromotionCode))
 	})
 
-	t.Run("Fresh500IsRetryable", func(t *testing.T) {
+	t.Run("Fresh500IsUnknownAndRetriedUnderTheSameKey", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		b.effect.Retry = &idempotency.RetryPolicy{MaxAttempts: 1}
@@ -299,6 +337,7 @@ func TestPromotionCodeEffect(t *testing.T) {
 		res, err := b.run(t)
 		require.ErrorIs(t, err, idempotency.ErrRetryable)
 		require.Equal(t, idempotency.OutcomeRetryable, res.Outcome)
+		require.Equal(t, idempotency.AttemptUnknown, res.Attempts[0].Class)
 		require.Zero(t, b.fake.Created(stripefake.KindPromotionCode))
 
 		res, err = b.run(t)
@@ -365,7 +404,7 @@ func TestPromotionCodeEffect(t *testing.T) {
 		b := setup(t)
 		var crash atomic.Bool
 		crash.Store(true)
-		b.effect.OnComplete = func(context.Context, any, grant, stripeeffect.PromotionCodeResult) error {
+		b.effect.OnComplete = func(context.Context, grant, stripeeffect.PromotionCodeResult) error {
 			if crash.Load() {
 				return errors.New("worker killed before the record")
 			}
@@ -387,17 +426,19 @@ func TestPromotionCodeEffect(t *testing.T) {
 		res, err := b.run(t)
 		require.NoError(t, err)
 		require.Equal(t, idempotency.OutcomeApplied, res.Outcome)
-		require.Equal(t, 2, res.Record.Attempts)
+		require.Equal(t, 2, res.Record.Claims)
 		require.True(t, res.Value.Replayed)
 		require.Equal(t, b.fake.Objects()[0].ID, res.Value.ID)
 		require.Equal(t, 1, b.fake.Created(stripefake.KindPromotionCode))
+		require.Zero(t, b.fake.Calls(stripefake.OpList, ""), "inside the window the same key settles it")
 		requireSameKeyEverywhere(t, b)
 	})
 
-	t.Run("CrashPastTheDedupWindowNeedsReconciliationWithoutACall", func(t *testing.T) {
+	t.Run("WithoutFindACrashPastTheDedupWindowWaitsForAnOperator", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		b.effect.OnComplete = func(context.Context, any, grant, stripeeffect.PromotionCodeResult) error {
+		b.effect.Find = nil
+		b.effect.OnComplete = func(context.Context, grant, stripeeffect.PromotionCodeResult) error {
 			return errors.New("worker killed before the record")
 		}
 		_, err := b.run(t)
@@ -431,6 +472,81 @@ func TestPromotionCodeEffect(t *testing.T) {
 	})
 }
 
+// requireEvidence checks one attempt's evidence against the request the
+// fake recorded for it (nil when no answer reached the client).
+func requireEvidence(t *testing.T, a idempotency.Attempt, gen int, class idempotency.AttemptClass, r *stripefake.RequestRecord) {
+	t.Helper()
+	require.Equal(t, gen, a.Generation)
+	require.Equal(t, class, a.Class)
+	if r == nil {
+		require.Zero(t, a.Status, "no answer came back")
+		require.Empty(t, a.RequestID)
+		require.False(t, a.Replayed)
+		return
+	}
+	require.Equal(t, r.Status, a.Status)
+	require.Equal(t, r.RequestID, a.RequestID)
+	require.NotEmpty(t, a.RequestID)
+	require.Equal(t, r.Replayed, a.Replayed)
+}
+
+func TestEvidence(t *testing.T) {
+	t.Parallel()
+
+	t.Run("EveryAttemptLeavesStripesAnswerInTheRecord", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.fake.InjectFault(stripefake.Fault{Kind: stripefake.FaultLockTimeout, Path: "/v1/promotion_codes"})
+		b.fake.InjectFault(stripefake.Fault{Kind: stripefake.FaultResponseLost, Path: "/v1/promotion_codes"})
+		res, err := b.run(t)
+		require.NoError(t, err)
+		require.Equal(t, idempotency.OutcomeApplied, res.Outcome)
+		require.Equal(t, 3, res.Calls)
+
+		reqs := b.fake.Requests(b.key.String())
+		require.Len(t, reqs, 3)
+		require.Equal(t, []int{http.StatusTooManyRequests, 0, http.StatusOK}, []int{reqs[0].Status, reqs[1].Status, reqs[2].Status})
+		ev := res.Record.Evidence
+		require.Len(t, ev, 3)
+		requireEvidence(t, ev[0], 1, idempotency.AttemptNotActed, &reqs[0])
+		require.Contains(t, ev[0].Error, "lock_timeout")
+		requireEvidence(t, ev[1], 1, idempotency.AttemptUnknown, nil) // the response was lost
+		require.NotEmpty(t, ev[1].Error)
+		requireEvidence(t, ev[2], 1, idempotency.AttemptDone, &reqs[2])
+		require.True(t, ev[2].Replayed, "the code the lost attempt created")
+		require.Empty(t, ev[2].Error)
+		require.Equal(t, ev, res.Attempts)
+	})
+
+	t.Run("ARefusalLeavesItsStatusAndRequestID", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		eff := stripeeffect.PromotionCodeEffect(b.api, "test.anniversary", grantKey, func(g grant) stripeeffect.PromotionCode {
+			return stripeeffect.PromotionCode{Coupon: "co_missing", Customer: g.Customer}
+		})
+		res, err := idempotency.Run(b.ctx, b.exec, eff, b.g)
+		require.ErrorIs(t, err, idempotency.ErrPermanent)
+		reqs := b.fake.Requests(b.key.String())
+		require.Len(t, reqs, 1)
+		require.Equal(t, idempotency.StateFailed, res.Record.State)
+		require.Len(t, res.Record.Evidence, 1)
+		requireEvidence(t, res.Record.Evidence[0], 1, idempotency.AttemptRefused, &reqs[0])
+		require.Equal(t, http.StatusBadRequest, res.Record.Evidence[0].Status)
+	})
+
+	t.Run("AFirstSuccessIsNotReplayed", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		res, err := b.run(t)
+		require.NoError(t, err)
+		reqs := b.fake.Requests(b.key.String())
+		require.Len(t, reqs, 1)
+		require.Len(t, res.Record.Evidence, 1)
+		requireEvidence(t, res.Record.Evidence[0], 1, idempotency.AttemptDone, &reqs[0])
+		require.False(t, res.Record.Evidence[0].Replayed)
+	})
+}
+
 func TestEffectDefaults(t *testing.T) {
 	t.Parallel()
 	api := stripeeffect.NewAPI("sk_test_x", nil)
@@ -454,9 +570,28 @@ func TestEffectDefaults(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEqual(t, fp1, fp3)
 
+	require.NotNil(t, eff.Find, "a record in doubt is settled by asking Stripe")
+	refund := stripeeffect.RefundEffect(api, "test.refund", grantKey, func(grant) stripeeffect.Refund { return stripeeffect.Refund{} })
+	credit := stripeeffect.CreditEffect(api, "test.credit", grantKey, func(grant) stripeeffect.Credit { return stripeeffect.Credit{} })
+	for _, e := range []struct {
+		expired idempotency.ExpiredPolicy
+		window  time.Duration
+		retry   idempotency.RetryPolicy
+		find    bool
+	}{
+		{refund.Expired, refund.DedupWindow, *refund.Retry, refund.Find != nil},
+		{credit.Expired, credit.DedupWindow, *credit.Retry, credit.Find != nil},
+	} {
+		require.Equal(t, idempotency.ExpiredRetry, e.expired)
+		require.Equal(t, stripeeffect.DedupWindow, e.window)
+		require.Equal(t, stripeeffect.DefaultRetry, e.retry)
+		require.True(t, e.find)
+	}
+
 	deact := stripeeffect.DeactivatePromotionCodeEffect(api, "test.revoke", grantKey, func(grant) string { return "promo_1" })
 	require.Equal(t, idempotency.ExpiredRetry, deact.Expired)
 	require.Zero(t, deact.DedupWindow, "deactivating is safe to repeat")
+	require.Nil(t, deact.Find)
 
 	require.Panics(t, func() { stripeeffect.PromotionCodeEffect[grant](nil, "x", grantKey, promoRequest) })
 	require.Panics(t, func() { stripeeffect.RefundEffect[grant](api, "x", grantKey, nil) })
@@ -543,7 +678,9 @@ func TestCallsCarryTheContext(t *testing.T) {
 	cancel()
 	_, err := stripeeffect.CreatePromotionCode(ctx, b.api, b.key, promoRequest(b.g))
 	require.ErrorIs(t, err, context.Canceled)
-	require.ErrorIs(t, err, idempotency.ErrRetryable)
+	require.ErrorIs(t, err, stripeeffect.ErrNotSent)
+	class, _ := idempotency.Classify(err)
+	require.Equal(t, idempotency.ClassNotActed, class, "a context done before sending: nothing reached Stripe")
 	require.Zero(t, b.fake.RequestCount())
 }
 
@@ -553,7 +690,7 @@ func TestRetryAfterReachesTheExecutor(t *testing.T) {
 	b.fake.InjectFault(stripefake.Fault{Kind: stripefake.FaultRateLimit, RetryAfter: 3 * time.Second})
 	_, err := stripeeffect.CreatePromotionCode(b.ctx, b.api, b.key, promoRequest(b.g))
 	class, after := idempotency.Classify(err)
-	require.Equal(t, idempotency.ClassRetryable, class)
+	require.Equal(t, idempotency.ClassNotActed, class)
 	require.Equal(t, 3*time.Second, after)
 	require.Len(t, b.fake.Requests(b.key.String()), 1, "NewAPI's client does not retry by itself")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -205,6 +206,36 @@ func runFindCase[Req, Res any](t *testing.T, c findCase[Req, Res]) {
 		require.NotEqual(t, got, replayed, "the replay says so; the lookup does not")
 		require.Equal(t, got, notReplayed(t, replayed))
 		require.Equal(t, 1, w.fake.Created(c.kind))
+	})
+
+	t.Run("ObjectSentUnderASecondGenerationIsFoundByItsBusinessKey", func(t *testing.T) {
+		t.Parallel()
+		w := c.world(t)
+		base := findKey(t, c.name, 0)
+		gen := base.WithGeneration(2)
+		made, err := c.create(ctx, w.api, gen, c.req(0))
+		require.NoError(t, err)
+
+		// The header carries the generation; the metadata the business key.
+		reqs := w.fake.Requests(base.String() + "~g2")
+		require.Len(t, reqs, 1)
+		require.Equal(t, gen.String(), reqs[0].IdempotencyKey)
+		require.Empty(t, w.fake.Requests(base.String()))
+		sent, err := url.ParseQuery(reqs[0].Params)
+		require.NoError(t, err)
+		require.Equal(t, base.String(), sent.Get("metadata["+stripeeffect.MetadataKey+"]"))
+
+		for _, k := range []idempotency.Key{base, gen} {
+			before := w.counts(c.kind)
+			got, found, err := c.find(ctx, w.api, k, c.req(0))
+			require.NoError(t, err)
+			require.True(t, found, "found by %s", k)
+			require.Equal(t, made, got)
+			w.requireOnlyLists(t, c.kind, before, 1)
+		}
+		_, found, err := c.find(ctx, w.api, findKey(t, c.name, 1).WithGeneration(2), c.req(0))
+		require.NoError(t, err)
+		require.False(t, found, "another business key")
 	})
 
 	t.Run("SavedServerErrorLeavesNothingToFind", func(t *testing.T) {
