@@ -9,13 +9,17 @@
 //
 // # The key
 //
-// The effect's key is sent as Stripe's Idempotency-Key on every request,
-// in-run retries included, and stored in the created object's metadata
-// under MetadataKey so that the Find functions, or an operator, can find
-// the object when a record needs reconciliation. A call with the zero key
-// returns ErrNoKey and sends nothing: stripe-go would otherwise invent a
-// random key, which protects only its own retries of that one call and
-// nothing across deliveries.
+// The key the executor passes is sent as Stripe's Idempotency-Key on every
+// request, in-run retries included, and its business key (Key.Base) is
+// stored in the created object's metadata under MetadataKey, so that the
+// Find functions, or an operator, can find the object when a record is in
+// doubt. The two differ only after a reconciliation: when Stripe has
+// nothing for a key that may replay a saved failure, the executor sends
+// again under a new provider-key generation (the key followed by "~g2"),
+// whose metadata still holds the business key, so every generation is found
+// by the same lookup. A call with the zero key returns ErrNoKey and sends
+// nothing: stripe-go would otherwise invent a random key, which protects
+// only its own retries of that one call and nothing across deliveries.
 // stripe-go builds the request, headers included, once per call and sends
 // that same request on each of its own network retries, so the key survives
 // those too.
@@ -26,33 +30,60 @@
 // NewAPI builds a client with stripe-go's own retries off
 // (MaxNetworkRetries 0), and the effects of this package set Effect.Retry
 // to a copy of DefaultRetry (3 attempts, 0.5 s then 1 s apart, honouring
-// Retry-After up to 5 s), which is what stripe-go does by default. The
-// executor retries a Retryable error in-run while it holds the claim,
-// always with the same key, and otherwise releases the claim for the next
-// run. With stripe-go's retries left on as well, each executor attempt
-// would make up to 3 requests and sleep in stripe-go, out of reach of the
-// context, while holding the claim.
+// Retry-After up to 5 s), which is what stripe-go does by default. While it
+// holds the claim, the executor retries in-run, always under the same key,
+// an error that proves Stripe did nothing (NotActed) and, because Stripe
+// deduplicates (ExpiredRetry), one that leaves it unknown (Unknown);
+// otherwise it lets the claim go for the next run. With stripe-go's retries
+// left on as well, each executor attempt would make up to 3 requests and
+// sleep in stripe-go, out of reach of the context, while holding the claim.
 //
 // # Classification
 //
-// Classify maps every stripe-go error to the class that tells the executor
-// what to do with the claim:
+// Classify maps every stripe-go error to a class that says what Stripe may
+// have done. Stripe saves the response to a keyed request once the endpoint
+// began executing, a 500 included, and replays it for 24 hours; it saves
+// nothing for a request it refuses before executing.
 //
-//	stripe-go error                               class       executor
-//	-------------------------------------------   ---------   -------------------------------------
-//	network error, timeout, cancelled context     Retryable   release (or retry in-run), same key
-//	409 / code idempotency_key_in_use             Retryable   same key in flight elsewhere: back off
-//	429 rate_limit or lock_timeout                Retryable   RetryAfter from Retry-After
-//	type idempotency_error (400)                  Mismatch    mark failed, report a mismatch
-//	5xx, Idempotent-Replayed: true                Reconcile   park: Stripe replays this failure
-//	5xx, Stripe-Should-Retry: false               Reconcile   park: Stripe says it will not change
-//	other 5xx                                     Retryable   release; a retry may replay it (above)
-//	card_error, invalid_request_error, other 4xx  Permanent   mark failed
+//	stripe-go error                                class       what the executor does
+//	--------------------------------------------   ---------   --------------------------------------
+//	transport error before the request was         NotActed    retry in-run; else release: the key is
+//	  written: refused connection, failed TLS                  free at any age
+//	  handshake, context done first (ErrNotSent)
+//	409 / code idempotency_key_in_use              NotActed    as above, after backing off
+//	429 rate_limit or lock_timeout                 NotActed    as above, after Retry-After
+//	401                                            NotActed    as above (a key to fix, not a refusal)
+//	transport error after the request was          Unknown     retry in-run under the same key; else
+//	  written: timeout, lost response, context                 the record waits for a retry inside the
+//	  done while waiting                                       24 hours, or for Find past them
+//	other 5xx                                      Unknown     as above, after Retry-After
+//	5xx, Idempotent-Replayed: true                 Reconcile   no retry under the key: in doubt until
+//	5xx, Stripe-Should-Retry: false                Reconcile     Find settles it (or an operator)
+//	type idempotency_error (400)                   Mismatch    mark failed, report a mismatch
+//	400 invalid_request_error                      Permanent   mark failed: nothing happened at Stripe
+//	                                                           (the key is free), but the same request
+//	                                                           would be refused again
+//	402 card_error, other 4xx                      Permanent   mark failed: refused, nothing created
 //
-// Stripe saves the first response to a keyed request that started
-// executing, a 500 included, and replays it for 24 hours: a replayed 5xx
-// will never succeed under that key, and the object may or may not exist,
-// so the record is parked for an operator instead of retried.
+// "Written" means handed in full to the connection, as net/http's
+// httptrace WroteRequest reports it: the adapters trace every request and
+// wrap ErrNotSent around a transport error met before that point. A request
+// that then failed to leave the machine is still Unknown, the safe side, and
+// so is a transport error handed to Classify without the trace.
+//
+// A saved 5xx will never succeed under its key, and the object may or may
+// not exist (Stripe may have failed before or after writing it): the record
+// is left in doubt, and the next run asks Stripe instead of retrying.
+//
+// # Evidence
+//
+// Every adapter call reports Stripe's answer to the executor's attempt with
+// idempotency.Observe: the HTTP status, Stripe's Request-Id and whether the
+// answer was a replay (Idempotent-Replayed), on success and on a Stripe
+// error alike. The executor keeps them in the record's Evidence with the
+// attempt's class and provider-key generation, so an operator can quote the
+// request ids to Stripe. When no answer came back (a transport error) the
+// status is zero and there is no request id.
 //
 // # Replays and the dedup window
 //
@@ -60,11 +91,13 @@
 // crashed between the call and the record, or a retry after a response was
 // lost) is a success like any other: the result carries Replayed: true, and
 // the ledger records the object the first request created. The effects set
-// Expired to idempotency.ExpiredRetry and DedupWindow to 24 hours: a claim
-// abandoned within the window is taken over and Stripe replays the first
-// result; past it Stripe has forgotten the key, so the record is reported
-// as needing reconciliation and Stripe is not called. Deactivation is safe
-// to repeat and has no window.
+// Expired to idempotency.ExpiredRetry and DedupWindow to 24 hours: a record
+// whose attempt may have acted is retried under the same key while a whole
+// run fits in the window, and Stripe replays the first result; past it
+// Stripe has forgotten the key, so the record is in doubt and the next run
+// asks Stripe (Find) instead of calling. A record whose attempts all proved
+// that Stripe did nothing (a night of 429s) is free at any age: the next
+// run simply sends. Deactivation is safe to repeat and has no window.
 //
 // Each effect's fingerprint is the JSON of the request its build function
 // returns, so a key reused with another payload stops at the executor with
@@ -74,27 +107,35 @@
 // # Finding an object
 //
 // When an attempt's outcome is unknown (a lost response, a worker that died
-// after calling, a replayed 500, a key past Stripe's 24 hour memory), asking
+// after calling, a saved 500, a key past Stripe's 24 hour memory), asking
 // Stripe whether the object exists settles it without calling again.
 // FindPromotionCode, FindRefund and FindCredit take the request value of
 // the matching create adapter, list its scope (the coupon's codes for the
 // customer, the payment intent's refunds, the customer's balance
 // transactions) with stripe-go's auto-paging iterator, newest first in
-// pages of 100, and match the key stored under MetadataKey. They send no
-// creating request. A found object comes back as the create adapter's
-// result, so the ledger records it as it would a created one; no object is
-// false with a nil error; a page that could not be read is an error, and
-// then nothing is known. Lists see every write at once; the Search API,
-// which lags behind writes and covers neither promotion codes nor refunds,
-// is not used.
+// pages of 100, and match the business key stored under MetadataKey. They
+// send no creating request. A found object comes back as the create
+// adapter's result, so the ledger records it as it would a created one; no
+// object is false with a nil error; a page that could not be read is an
+// error, and then nothing is known. Lists see every write at once; the
+// Search API, which lags behind writes and covers neither promotion codes
+// nor refunds, is not used.
 //
-// The key is matched exactly: pass the business key the metadata holds,
-// not an Idempotency-Key derived from it. An object made without MetadataKey
-// (by other code, or with its metadata edited since) is not found. A lookup
-// stops at the first match, so it does not report a second object under the
-// same key (possible only when the key was reused after Stripe forgot it);
-// when no object matches it reads the whole scope, one list call per 100
-// objects.
+// PromotionCodeEffect, RefundEffect and CreditEffect set them as
+// Effect.Find, with the request built from the input. The executor calls
+// Find only under a claim on a record in doubt, once the last attempt's
+// lease has ended (a lookup racing a request still executing could miss
+// the object it is about to create): found, the record is applied with the
+// object and no call (OutcomeReconciled); not found, the request is sent
+// again under the next key generation. Set Find to nil to leave records in
+// doubt to an operator (idempotency.Operator).
+//
+// The business key (Key.Base) is matched exactly, whatever generation the
+// Find function is given. An object made without MetadataKey (by other
+// code, or with its metadata edited since) is not found. A lookup stops at
+// the first match, so it does not report a second object under the same key
+// (possible only when the key was reused after Stripe forgot it); when no
+// object matches it reads the whole scope, one list call per 100 objects.
 //
 // # Testing
 //
