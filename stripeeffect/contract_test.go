@@ -51,6 +51,38 @@ func TestRefundEffectContract(t *testing.T) {
 	requireNoUnkeyedRequests(t, b.fake)
 }
 
+// apology is one customer owed a credit.
+type apology struct {
+	Customer string
+	Amount   int64
+}
+
+func TestCreditEffectContract(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	creditKeys := idempotency.KeySpace{Namespace: "test.contract.credit", Version: 1}
+	eff := stripeeffect.CreditEffect(b.api, "test.contract.credit",
+		func(a apology) (idempotency.Key, error) {
+			return creditKeys.Key(idempotency.Str("customer", a.Customer))
+		},
+		func(a apology) stripeeffect.Credit {
+			return stripeeffect.Credit{Customer: a.Customer, Amount: a.Amount, Currency: "usd"}
+		})
+	eff.Retry = &fastRetry
+	var inputs []apology
+	for _, c := range []string{"cus_c1", "cus_c2", "cus_c3", "cus_c4", "cus_c5", "cus_c6"} {
+		inputs = append(inputs, apology{Customer: c, Amount: 500})
+	}
+	effecttest.Run(t, effecttest.Case[apology, stripeeffect.CreditResult]{
+		Effect:   eff,
+		Inputs:   inputs,
+		Mutate:   func(a apology) apology { a.Amount++; return a },
+		NewStore: newMemStore,
+		Effects:  func() int { return b.fake.Created(stripefake.KindCustomerBalanceTransaction) },
+	})
+	requireNoUnkeyedRequests(t, b.fake)
+}
+
 func requireNoUnkeyedRequests(t *testing.T, fake *stripefake.Server) {
 	t.Helper()
 	if n := fake.RequestsWithoutKey() + fake.RequestsWithGeneratedKey(); n != 0 {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -32,7 +34,9 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 const nextNight = 24*time.Hour + 5*time.Minute
 
 // ledgerWorld is one scenario's world: pgguard's ledger on the test's own
-// schema, an executor, and a fake Stripe, all on one fake clock.
+// schema, an executor, and a fake Stripe, all on one fake clock. The
+// executor's waits between in-run attempts move that clock instead of
+// sleeping, and are kept in slept.
 type ledgerWorld struct {
 	ctx   context.Context
 	clock *clocktest.Clock
@@ -40,6 +44,9 @@ type ledgerWorld struct {
 	api   *client.API
 	store *pgguard.Store
 	exec  *idempotency.Executor
+
+	mu    sync.Mutex
+	slept []time.Duration
 }
 
 func newLedgerWorld(t *testing.T) *ledgerWorld {
@@ -50,15 +57,33 @@ func newLedgerWorld(t *testing.T) *ledgerWorld {
 	clock := clocktest.New()
 	store, err := pgguard.New(pool, &pgguard.Config{Now: clock.Now})
 	require.NoError(t, err)
-	exec, err := idempotency.NewExecutor(store, &idempotency.Config{Now: clock.Now})
-	require.NoError(t, err)
 	fake := stripefake.New()
 	t.Cleanup(fake.Close)
 	fake.SetNow(clock.Now())
 	fake.AddCoupon(coupon, 10)
 	fake.AddPaymentIntent("pi_1", 5000, "usd")
-	api := stripeeffect.NewAPI("sk_test_reconcile", &stripeeffect.APIConfig{URL: fake.URL()})
-	return &ledgerWorld{ctx: ctx, clock: clock, fake: fake, api: api, store: store, exec: exec}
+	w := &ledgerWorld{ctx: ctx, clock: clock, fake: fake, store: store,
+		api: stripeeffect.NewAPI("sk_test_reconcile", &stripeeffect.APIConfig{URL: fake.URL()})}
+	w.exec, err = idempotency.NewExecutor(store, &idempotency.Config{Now: clock.Now, Sleep: w.sleep})
+	require.NoError(t, err)
+	return w
+}
+
+func (w *ledgerWorld) sleep(ctx context.Context, d time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.slept = append(w.slept, d)
+	w.mu.Unlock()
+	w.tick(d)
+	return nil
+}
+
+func (w *ledgerWorld) waits() []time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.slept)
 }
 
 // tick moves the ledger's clock and Stripe's together.
@@ -120,6 +145,7 @@ func TestUnknownOutcomesOnPostgres(t *testing.T) {
 		require.ErrorIs(t, err, idempotency.ErrRetryable)
 		require.Equal(t, idempotency.OutcomeRetryable, night1.Outcome)
 		require.Equal(t, stripeeffect.DefaultRetry.MaxAttempts, night1.Calls)
+		require.Equal(t, []time.Duration{time.Second, time.Second}, w.waits(), "Retry-After, then the longer of it and the backoff")
 		refused := w.fake.Requests(key.String())
 		require.Len(t, refused, 3)
 		for i, r := range refused {
