@@ -1,7 +1,6 @@
 package idempotency
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -439,18 +438,24 @@ func (r *runner[In, Out]) failed(bg context.Context, rec Record, class Class, ou
 	return r.fail(OutcomePermanent, fmt.Errorf("idempotency: %s: %w", r.e.Name, cause))
 }
 
+// unencodable leaves in doubt a record whose effect happened but whose
+// result the codec cannot encode: never an applied record without its
+// result, and never a blind retry. Asking the provider again would meet
+// the same codec, so only a person can settle it.
+func (r *runner[In, Out]) unencodable(bg context.Context, rec Record, where string, err error) (Result[Out], error) {
+	perr := fmt.Errorf("%s%w: %w", where, ErrEncodeResult, err)
+	res, rerr := r.park(bg, rec, perr, true)
+	if res.Outcome == OutcomeRetryable || res.Outcome == OutcomeNeedsReconciliation {
+		return r.fail(OutcomeNeedsReconciliation, fmt.Errorf("idempotency: %s: %w: %w", r.e.Name, ErrNeedsReconciliation, perr))
+	}
+	return res, rerr
+}
+
 // complete records a success (or a skip) under the held claim.
 func (r *runner[In, Out]) complete(bg context.Context, rec Record, out Out, skipped bool, attempts []Attempt) (Result[Out], error) {
 	enc, err := r.codec.Encode(out)
 	if err != nil {
-		// The effect happened but cannot be recorded: never an applied
-		// record without its result, and never a blind retry.
-		perr := fmt.Errorf("%w: %w", ErrEncodeResult, err)
-		res, rerr := r.park(bg, rec, perr, true)
-		if res.Outcome == OutcomeRetryable || res.Outcome == OutcomeNeedsReconciliation {
-			return r.fail(OutcomeNeedsReconciliation, fmt.Errorf("idempotency: %s: %w: %w", r.e.Name, ErrNeedsReconciliation, perr))
-		}
-		return res, rerr
+		return r.unencodable(bg, rec, "", err)
 	}
 	c := Complete(rec.Key, rec.Token, enc)
 	outcome := OutcomeApplied
@@ -478,8 +483,12 @@ func (r *runner[In, Out]) complete(bg context.Context, rec Record, out Out, skip
 // recover records a success whose completion was refused: the claim was
 // lost (its lease expired and someone took over, or an operator settled
 // the record). The provider acted, so the success must not be lost: it is
-// recorded unless a live claim holds the key (its holder will record the
-// same, deduplicated, result) or the record already says something.
+// recorded unless a live claim holds the key (its holder, which took over
+// under the same provider key, records the provider's replay) or the
+// record is already finished (it says the effect happened: the stored
+// result stands, as for any repeat). Only a record that now holds another
+// payload leaves the success unrecorded: it is kept in the error, the
+// result and the log for an operator.
 func (r *runner[In, Out]) recover(bg context.Context, rec Record, out Out, enc []byte, hook func(context.Context) error, lost error) (Result[Out], error) {
 	c := withEvidence(Recover(rec.Key, rec.Token, r.key.Namespace(), r.fp, enc), r.res.Attempts)
 	c.Hook = hook
@@ -492,8 +501,12 @@ func (r *runner[In, Out]) recover(bg context.Context, rec Record, out Out, enc [
 	case errors.Is(err, ErrClaimLive):
 		r.res.Outcome, r.res.Delay = OutcomeInFlight, r.until(cur.LeaseUntil)
 		return r.res, nil
-	case errors.Is(err, ErrClaimLost) && cur.State.Done() && bytes.Equal(cur.Result, enc):
-		r.res.Value, r.res.Outcome = out, OutcomeAlreadyApplied
+	case errors.Is(err, ErrClaimLost) && cur.State.Done() && cur.FingerprintMatches(r.fp):
+		v, derr := r.codec.Decode(cur.Result)
+		if derr != nil {
+			v = out
+		}
+		r.res.Value, r.res.Outcome = v, OutcomeAlreadyApplied
 		return r.res, nil
 	}
 	r.lost = enc
@@ -522,7 +535,7 @@ func (r *runner[In, Out]) reconcile(ctx context.Context, rec Record) (Result[Out
 	if found {
 		enc, err := r.codec.Encode(out)
 		if err != nil {
-			return r.park(bg, rec, fmt.Errorf("found at the provider: %w: %w", ErrEncodeResult, err), true)
+			return r.unencodable(bg, rec, "found at the provider: ", err)
 		}
 		c := Found(rec.Key, rec.Token, enc)
 		if r.e.OnComplete != nil {

@@ -509,9 +509,15 @@ func TestRunLostSuccessThatCannotBeRecordedKeepsTheResult(t *testing.T) {
 	<-inCall
 	e.clock.Advance(10 * time.Minute)
 	rec, _ := e.record(t, r1)
-	// The operator found another object and settled with it.
-	_, err := e.store.Settle(e.ctx, idempotency.SettleRequest{Key: rec.Key, Token: rec.Token, State: idempotency.StateApplied, Result: []byte(`"re_other"`)})
+	// The operator settled it failed, and a delivery with another payload
+	// has since claimed the key (and been refused before acting).
+	_, err := e.store.Settle(e.ctx, idempotency.SettleRequest{Key: rec.Key, Token: rec.Token, State: idempotency.StateFailed})
 	require.NoError(t, err)
+	other := r1
+	other.Amount = 999
+	e.p.fail = []error{idempotency.NotActed(errors.New("429"), 0)}
+	res, _ := idempotency.Run(e.ctx, e.x, e.eff, other)
+	require.Equal(t, idempotency.OutcomeRetryable, res.Outcome)
 	close(proceed)
 	late := <-done
 	require.Equal(t, idempotency.OutcomeNeedsReconciliation, late.Outcome)
@@ -522,6 +528,32 @@ func TestRunLostSuccessThatCannotBeRecordedKeepsTheResult(t *testing.T) {
 	require.Equal(t, `"re_1"`, string(late.LostResult), "and in the result")
 	require.Contains(t, logs.String(), `result="\"re_1\""`, "and in the log")
 	require.Contains(t, logs.String(), "level=ERROR")
+}
+
+func TestRunLateSuccessMeetingAFinishedRecordIsAlreadyApplied(t *testing.T) {
+	t.Parallel()
+	e := setup(t, nil)
+	inCall, proceed := make(chan struct{}), make(chan struct{})
+	e.p.before = func(n int) {
+		if n == 1 {
+			close(inCall)
+			<-proceed
+		}
+	}
+	done := make(chan idempotency.Result[string])
+	go func() { res, _ := idempotency.Run(e.ctx, e.x, e.eff, r1); done <- res }()
+	<-inCall
+	e.clock.Advance(10 * time.Minute)
+	rec, _ := e.record(t, r1)
+	// The operator found the object at the provider and settled with it.
+	_, err := e.store.Settle(e.ctx, idempotency.SettleRequest{Key: rec.Key, Token: rec.Token, State: idempotency.StateApplied, Result: []byte(`"re_1"`)})
+	require.NoError(t, err)
+	close(proceed)
+	late := <-done
+	require.NoError(t, late.Err)
+	require.Equal(t, idempotency.OutcomeAlreadyApplied, late.Outcome, "the ledger already says the effect happened")
+	require.Equal(t, "re_1", late.Value)
+	require.Nil(t, late.LostResult)
 }
 
 // spyStore records whether each store call could be cancelled.

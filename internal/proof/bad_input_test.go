@@ -46,7 +46,7 @@ func TestBadInputKeyParts(t *testing.T) {
 		var ke *idempotency.KeyError
 		require.ErrorAs(t, err, &ke, tc.name)
 		require.Equal(t, "intent", ke.Part, tc.name)
-		require.Equal(t, idempotency.Outcome(0), res.Outcome, "refused before the store: %s", tc.name)
+		require.Equal(t, idempotency.OutcomeInvalid, res.Outcome, "refused before the store: %s", tc.name)
 		require.Zero(t, res.Calls)
 	}
 	require.Zero(t, r.tableRows(), "no ledger row")
@@ -123,14 +123,14 @@ func TestBadInputPayloadMismatch(t *testing.T) {
 
 	for _, tc := range []struct {
 		orig   intent
-		status idempotency.Status
-	}{{applied, idempotency.StatusApplied}, {pending, idempotency.StatusPending}} {
+		status idempotency.State
+	}{{applied, idempotency.StateApplied}, {pending, idempotency.StateCalling}} {
 		other := intent{ID: tc.orig.ID, Customer: "cus_someone_else"}
 		res, err := r.run(eff, other)
 		require.ErrorIs(t, err, idempotency.ErrFingerprintMismatch)
 		var me *idempotency.MismatchError
 		require.ErrorAs(t, err, &me)
-		require.Equal(t, tc.status, me.Stored.Status)
+		require.Equal(t, tc.status, me.Stored.State)
 		require.Equal(t, keyOf(tc.orig.ID), me.Key)
 		require.Equal(t, idempotency.OutcomeMismatch, res.Outcome)
 		require.Zero(t, res.Calls)
@@ -139,10 +139,10 @@ func TestBadInputPayloadMismatch(t *testing.T) {
 	requireOnePerKey(t, r.fake, keyOf(applied.ID), keyOf(pending.ID))
 	r.requireApplied(keyOf(applied.ID))
 	lr := r.row(keyOf(pending.ID))
-	require.Equal(t, "pending", lr.Status)
-	require.Equal(t, 1, lr.Attempts, "the mismatching run did not take the claim over")
-	byStatus, _ := ledgerCounts(t, r.ctx, r.pool)
-	require.Equal(t, map[string]int{"applied": 1, "pending": 1}, byStatus)
+	require.Equal(t, "calling", lr.State)
+	require.Equal(t, 1, lr.Claims, "the mismatching run did not take the claim over")
+	byState, _ := ledgerCounts(t, r.ctx, r.pool)
+	require.Equal(t, map[string]int{"applied": 1, "calling": 1}, byState)
 }
 
 // TestBadInputInvalidEffect: a nil effect, a missing Call, Key or Name, a
@@ -167,7 +167,7 @@ func TestBadInputInvalidEffect(t *testing.T) {
 	for name, e := range variants {
 		res, err := r.run(e, in)
 		require.ErrorIs(t, err, idempotency.ErrInvalidEffect, name)
-		require.Equal(t, idempotency.Outcome(0), res.Outcome, name)
+		require.Equal(t, idempotency.OutcomeInvalid, res.Outcome, name)
 	}
 	_, err := idempotency.NewExecutor(nil, nil)
 	require.ErrorIs(t, err, idempotency.ErrNilStore)
@@ -223,7 +223,7 @@ func TestBadInputInvalidTableIdentifier(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, idempotency.OutcomeApplied, res.Outcome)
 	var n int
-	require.NoError(t, r.pool.QueryRow(r.ctx, `SELECT count(*) FROM "Ledger""; DROP TABLE effect_ledger; --" WHERE status = 'applied'`).Scan(&n))
+	require.NoError(t, r.pool.QueryRow(r.ctx, `SELECT count(*) FROM "Ledger""; DROP TABLE effect_ledger; --" WHERE state = 'applied'`).Scan(&n))
 	require.Equal(t, 1, n)
 	require.Zero(t, r.tableRows(), "effect_ledger still exists, and is empty")
 	requireOnePerKey(t, r.fake, keyOf(in.ID))
@@ -252,9 +252,9 @@ func (c failingCodec) Decode(b []byte) (promoResult, error) {
 
 // TestBadInputUnencodableResult: Stripe created the code but the result
 // cannot be encoded. The run reports ErrEncodeResult and
-// NeedsReconciliation; the row stays pending and parked for an operator
-// (listed by ListStuck), never applied without a result; later runs, even
-// past the lease, call nothing.
+// NeedsReconciliation; the row stays in doubt for an operator (listed by
+// ListStuck), never applied without a result; later runs, even past the
+// lease, call nothing.
 func TestBadInputUnencodableResult(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, nil)
@@ -268,12 +268,11 @@ func TestBadInputUnencodableResult(t *testing.T) {
 	require.ErrorIs(t, err, idempotency.ErrNeedsReconciliation)
 	require.Equal(t, idempotency.OutcomeNeedsReconciliation, res.Outcome)
 	lr := r.row(key)
-	require.Equal(t, "pending", lr.Status)
-	require.True(t, lr.Parked)
+	require.Equal(t, "in_doubt", lr.State)
 	require.Nil(t, lr.Result)
 	require.Contains(t, lr.Reason, "encode result")
-	byStatus, bad := ledgerCounts(t, r.ctx, r.pool)
-	require.Equal(t, map[string]int{"pending": 1}, byStatus)
+	byState, bad := ledgerCounts(t, r.ctx, r.pool)
+	require.Equal(t, map[string]int{"in_doubt": 1}, byState)
 	require.Zero(t, bad)
 	require.Equal(t, []string{key}, r.stuckKeys())
 

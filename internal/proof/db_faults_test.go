@@ -185,7 +185,7 @@ func TestDBStatementTimeoutDuringClaim(t *testing.T) {
 		dead, err := r.store.Claim(r.ctx, idempotency.ClaimRequest{Key: key, Namespace: promoKeys.Namespace,
 			Fingerprint: fp, Lease: 5 * time.Minute})
 		require.NoError(t, err)
-		require.True(t, dead.Acquired)
+		require.True(t, dead.Verdict.Holds())
 		r.clock.Advance(10 * time.Minute)
 
 		unlock := lockRow(t, r.ctx, locker, key)
@@ -200,14 +200,14 @@ func TestDBStatementTimeoutDuringClaim(t *testing.T) {
 		require.Empty(t, r.fake.Requests(key), "nothing reached Stripe")
 		lr := r.row(key)
 		require.Equal(t, dead.Record.Token, lr.Token, "the row is untouched")
-		require.Equal(t, 1, lr.Attempts)
+		require.Equal(t, 1, lr.Claims)
 
 		unlock()
 		res, err = r.run(eff, in)
 		require.NoError(t, err)
 		require.Equal(t, idempotency.OutcomeApplied, res.Outcome)
 		posts := requireOnePerKey(t, r.fake, key)
-		require.Equal(t, 2, r.requireApplied(key).Attempts)
+		require.Equal(t, 2, r.requireApplied(key).Claims)
 		t.Logf("claim timed out behind a row lock: 0 calls; after unlock 1 object, %d POST", posts)
 	})
 
@@ -240,7 +240,7 @@ func TestDBStatementTimeoutDuringClaim(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, idempotency.OutcomeApplied, res.Outcome)
 		requireOnePerKey(t, r.fake, key)
-		require.Equal(t, 1, r.requireApplied(key).Attempts)
+		require.Equal(t, 1, r.requireApplied(key).Claims)
 	})
 }
 
@@ -275,7 +275,7 @@ func TestDBStatementTimeoutDuringCompletion(t *testing.T) {
 	require.Equal(t, 1, r.fake.Created(stripefake.KindPromotionCode))
 	unlock()
 	lr := r.row(key)
-	require.Equal(t, "pending", lr.Status)
+	require.Equal(t, "calling", lr.State)
 	require.True(t, lr.Leased, "the worker's lease still runs")
 	require.Nil(t, lr.Result)
 
@@ -292,6 +292,6 @@ func TestDBStatementTimeoutDuringCompletion(t *testing.T) {
 	require.True(t, res.Value.Replayed)
 	require.Equal(t, []string{"200 executed", "200 replayed"}, requestSummary(r.fake, key))
 	posts := requireOnePerKey(t, r.fake, key)
-	require.Equal(t, 2, r.requireApplied(key).Attempts)
+	require.Equal(t, 2, r.requireApplied(key).Claims)
 	t.Logf("completion timed out behind a row lock: rerun in flight (0 calls), past the lease replayed; 1 object, %d POSTs", posts)
 }

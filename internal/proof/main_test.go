@@ -8,12 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/time/rate"
 
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/idempotency/sweep"
@@ -72,22 +74,22 @@ func newFake(t *testing.T) *stripefake.Server {
 	return fake
 }
 
-// ledgerCounts reads the ledger back: rows per status, and applied rows
+// ledgerCounts reads the ledger back: rows per state, and applied rows
 // without a result (which must never exist).
-func ledgerCounts(t *testing.T, ctx context.Context, pool *pgxpool.Pool) (byStatus map[string]int, appliedWithoutResult int) {
+func ledgerCounts(t *testing.T, ctx context.Context, pool *pgxpool.Pool) (byState map[string]int, appliedWithoutResult int) {
 	t.Helper()
-	rows, err := pool.Query(ctx, `SELECT status, count(*), count(*) FILTER (WHERE status = 'applied' AND result IS NULL) FROM `+pgguard.DefaultTable+` GROUP BY status`)
+	rows, err := pool.Query(ctx, `SELECT state, count(*), count(*) FILTER (WHERE state = 'applied' AND result IS NULL) FROM `+pgguard.DefaultTable+` GROUP BY state`)
 	require.NoError(t, err)
-	byStatus = map[string]int{}
+	byState = map[string]int{}
 	for rows.Next() {
 		var s string
 		var n, bad int
 		require.NoError(t, rows.Scan(&s, &n, &bad))
-		byStatus[s] = n
+		byState[s] = n
 		appliedWithoutResult += bad
 	}
 	require.NoError(t, rows.Err())
-	return byStatus, appliedWithoutResult
+	return byState, appliedWithoutResult
 }
 
 // Worker process settings, passed through the environment.
@@ -100,6 +102,7 @@ const (
 	envClockOffset = "PROOF_CLOCK_OFFSET" // added to the ledger's clock (a Go duration)
 	envCrash       = "PROOF_CRASH"        // where to SIGKILL this process: see crashPoint
 	envCrashAt     = "PROOF_CRASH_AT"     // the intent index whose run crashes
+	envUncalled    = "PROOF_UNCALLED"     // "1": the effect records call starts (ExpiredRetryUncalled)
 )
 
 // Crash points: the step boundaries of one effect.
@@ -108,6 +111,7 @@ const (
 	crashAfterResponse    = "after-response"    // provider answered, not recorded
 	crashDuringCompletion = "during-completion" // inside the completion transaction
 	crashAwaitingResponse = "awaiting-response" // the parent kills us while Stripe holds the response
+	crashWaitingForToken  = "waiting-for-token" // the parent kills us while the sweep's rate limiter holds the call
 )
 
 func workerMain() int {
@@ -127,18 +131,37 @@ func workerMain() int {
 		return fail(err)
 	}
 	defer pool.Close()
-	store, err := pgguard.New(pool, &pgguard.Config{Now: func() time.Time { return time.Now().Add(offset) }})
+	now := func() time.Time { return time.Now().Add(offset) }
+	store, err := pgguard.New(pool, &pgguard.Config{Now: now})
 	if err != nil {
 		return fail(err)
 	}
-	exec, err := idempotency.NewExecutor(store, nil)
+	crash, crashAt := os.Getenv(envCrash), os.Getenv(envCrashAt)
+	var mw []idempotency.Middleware
+	if crash == crashWaitingForToken {
+		// Runs outside the sweep's limiter: says when an attempt is about
+		// to wait for a token, so the parent can kill us during the wait.
+		mw = append(mw, func(ctx context.Context, a idempotency.AttemptInfo, next func(context.Context) error) error {
+			fmt.Println("proof worker: waiting for a token for", a.Key)
+			return next(ctx)
+		})
+	}
+	exec, err := idempotency.NewExecutor(store, &idempotency.Config{Now: now, Middleware: mw})
 	if err != nil {
 		return fail(err)
 	}
 	eff := promoEffect(os.Getenv(envStripe), 0)
-	crash, crashAt := os.Getenv(envCrash), os.Getenv(envCrashAt)
+	if os.Getenv(envUncalled) == "1" {
+		eff.Expired = idempotency.ExpiredRetryUncalled
+	}
+	cfg := &sweep.Config{Concurrency: max(conc, 1)}
+	if crash == crashWaitingForToken {
+		// One token, then none for an hour: every run after the first
+		// waits, and the parent kills us during that wait.
+		cfg.Limiter = rate.NewLimiter(rate.Every(time.Hour), 1)
+	}
 	kill := func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL); select {} }
-	if crash != "" {
+	if crash != "" && crash != crashWaitingForToken {
 		call := eff.Call
 		eff.Call = func(ctx context.Context, k idempotency.Key, in intent) (stripeeffect.PromotionCodeResult, error) {
 			if in.ID != crashAt {
@@ -156,14 +179,14 @@ func workerMain() int {
 			}
 			return out, err
 		}
-		eff.OnComplete = func(ctx context.Context, tx any, in intent, _ stripeeffect.PromotionCodeResult) error {
+		eff.OnComplete = func(ctx context.Context, in intent, _ stripeeffect.PromotionCodeResult) error {
 			if crash == crashDuringCompletion && in.ID == crashAt {
 				kill()
 			}
 			return nil
 		}
 	}
-	rep, err := sweep.Run(ctx, exec, eff, sweep.Slice(intents(n)), &sweep.Config{Concurrency: max(conc, 1)})
+	rep, err := sweep.Run(ctx, exec, eff, sweep.Slice(intents(n)), cfg)
 	fmt.Println("proof worker:", rep.String())
 	if err != nil {
 		return fail(err)
@@ -179,11 +202,29 @@ func newHTTPClient(timeout time.Duration) *http.Client { return &http.Client{Tim
 // worker is a child process running one sweep.
 type worker struct {
 	cmd *exec.Cmd
-	out *bytes.Buffer
+	out *syncBuffer
+}
+
+// syncBuffer is a bytes.Buffer the child writes while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // startWorker re-executes the test binary as a worker process.
-func startWorker(t *testing.T, dsn, stripeURL string, keys, concurrency int, offset time.Duration, crash, crashAt string) *worker {
+func startWorker(t *testing.T, dsn, stripeURL string, keys, concurrency int, offset time.Duration, crash, crashAt string, env ...string) *worker {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(),
@@ -196,8 +237,9 @@ func startWorker(t *testing.T, dsn, stripeURL string, keys, concurrency int, off
 		envCrash+"="+crash,
 		envCrashAt+"="+crashAt,
 	)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Env = append(cmd.Env, env...)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
@@ -205,7 +247,7 @@ func startWorker(t *testing.T, dsn, stripeURL string, keys, concurrency int, off
 			_ = cmd.Wait()
 		}
 	})
-	return &worker{cmd: cmd, out: &out}
+	return &worker{cmd: cmd, out: out}
 }
 
 // wait returns the worker's exit: nil for exit 0.

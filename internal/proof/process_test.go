@@ -2,6 +2,7 @@ package proof
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -95,13 +96,13 @@ func TestCrashAtEveryBoundaryThenRerun(t *testing.T) {
 
 			byStatus, _ := ledgerCounts(t, ctx, pool)
 			require.Equal(t, 2, byStatus["applied"], "intents before the crash are applied")
-			require.Equal(t, 1, byStatus["pending"], "the crashed intent is pending")
+			require.Equal(t, 1, byStatus["calling"], "the crashed intent is held, its call may have started")
 
 			// An immediate rerun respects the dead worker's live lease.
 			w = startWorker(t, dsn, fake.URL(), keys, 1, 0, "", "")
 			require.NoError(t, w.wait(), "%s", w.out)
 			byStatus, _ = ledgerCounts(t, ctx, pool)
-			require.Equal(t, 1, byStatus["pending"], "a live lease is in flight, not taken over:\n%s", w.out)
+			require.Equal(t, 1, byStatus["calling"], "a live lease is in flight, not taken over:\n%s", w.out)
 
 			// Past the lease: taken over under the same key.
 			w = startWorker(t, dsn, fake.URL(), keys, 1, time.Hour, "", "")
@@ -123,6 +124,42 @@ func TestCrashAtEveryBoundaryThenRerun(t *testing.T) {
 			t.Logf("%s: %d objects for %d keys; crashed key saw %d request(s)", point, fake.Created(stripefake.KindPromotionCode), keys, len(reqs))
 		})
 	}
+}
+
+// TestKilledWhileWaitingForARateLimitTokenLeavesTheKeyFree: a sweep's rate
+// limiter makes an attempt wait before the call is marked as started. A
+// worker killed during that wait leaves a record that says nothing was
+// sent (claimed), so the next run past the lease takes it over, even under
+// ExpiredRetryUncalled (a provider that ignores keys), instead of leaving
+// it in doubt for an operator.
+func TestKilledWhileWaitingForARateLimitTokenLeavesTheKeyFree(t *testing.T) {
+	t.Parallel()
+	const keys = 3
+	ctx := context.Background()
+	dsn := pgtest.ConnString(t)
+	pool := poolFor(t, dsn)
+	require.NoError(t, pgguard.Migrate(ctx, pool, nil))
+	fake := newFake(t)
+	uncalled := envUncalled + "=1"
+	w := startWorker(t, dsn, fake.URL(), keys, 1, 0, crashWaitingForToken, "", uncalled)
+	// The first intent takes the only token; the second waits for one.
+	require.Eventually(t, func() bool { return strings.Count(w.out.String(), "waiting for a token") >= 2 },
+		30*time.Second, 5*time.Millisecond, "the worker never waited:\n%s", w.out)
+	require.NoError(t, w.cmd.Process.Kill())
+	require.Error(t, w.wait())
+	require.True(t, w.killedBySIGKILL(), "%s", w.out)
+
+	byState, _ := ledgerCounts(t, ctx, pool)
+	require.Equal(t, map[string]int{"applied": 1, "claimed": 1}, byState, "the waiting run had not marked its call")
+	require.Equal(t, 1, fake.RequestCount(), "nothing was sent for the waiting intent")
+
+	w = startWorker(t, dsn, fake.URL(), keys, 1, time.Hour, "", "", uncalled)
+	require.NoError(t, w.wait(), "%s", w.out)
+	byState, bad := ledgerCounts(t, ctx, pool)
+	require.Equal(t, map[string]int{"applied": keys}, byState, "taken over past the lease, not left in doubt:\n%s", w.out)
+	require.Zero(t, bad)
+	require.Equal(t, keys, fake.Created(stripefake.KindPromotionCode))
+	require.Equal(t, keys, fake.RequestCount(), "one request per intent")
 }
 
 func keyOf(id string) string {

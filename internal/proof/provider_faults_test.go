@@ -68,7 +68,7 @@ func TestProvider409InFlightTakeover(t *testing.T) {
 		return r.fake.InFlight() == 1 && r.fake.Created(stripefake.KindPromotionCode) == 1
 	}, 10*time.Second, time.Millisecond, "A's request never reached Stripe")
 	aClaim := r.row(key)
-	require.Equal(t, "pending", aClaim.Status)
+	require.Equal(t, "calling", aClaim.State)
 
 	// A's lease runs out on the ledger's clock; B takes over.
 	r.clock.Advance(2 * time.Minute)
@@ -79,12 +79,15 @@ func TestProvider409InFlightTakeover(t *testing.T) {
 	require.Equal(t, idempotency.OutcomeApplied, b.Outcome)
 	require.Equal(t, 2, b.Calls, "B: a 409, then the replay")
 	require.True(t, b.Value.Replayed, "B recorded Stripe's replay of A's request")
-	require.Equal(t, 2, b.Record.Attempts, "B took A's claim over")
+	require.Equal(t, 2, b.Record.Claims, "B took A's claim over")
 	require.NotEqual(t, aClaim.Token, b.Record.Token, "a takeover gets a new fencing token")
 
 	a := <-aDone
-	require.ErrorIs(t, a.err, idempotency.ErrClaimLost, "A's late completion is refused")
-	require.Equal(t, idempotency.OutcomeInFlight, a.res.Outcome)
+	// A's completion is refused (B took the claim over). Its recovery finds
+	// B's claim still live (in flight: B records the replay) or already
+	// finished (already applied): either way nothing is lost or doubled.
+	require.NoError(t, a.err)
+	require.Contains(t, []idempotency.Outcome{idempotency.OutcomeInFlight, idempotency.OutcomeAlreadyApplied}, a.res.Outcome)
 	require.Equal(t, 1, a.res.Calls)
 
 	require.Equal(t, []string{"200 executed", "409 idempotency_key_in_use", "200 replayed"}, requestSummary(r.fake, key))
@@ -92,8 +95,8 @@ func TestProvider409InFlightTakeover(t *testing.T) {
 	lr := r.requireApplied(key)
 	require.Equal(t, b.Record.Token, lr.Token, "the row is B's")
 	require.Equal(t, b.Value.ID, objectOf(t, r.fake, key).ID)
-	t.Logf("409 in flight: 1 object, %d POSTs %v, ledger applied by the takeover (attempt %d); A's completion: %v",
-		posts, requestSummary(r.fake, key), lr.Attempts, a.err)
+	t.Logf("409 in flight: 1 object, %d POSTs %v, ledger applied by the takeover (claim %d); A's late run: %v",
+		posts, requestSummary(r.fake, key), lr.Claims, a.res.Outcome)
 }
 
 // TestProvider429RetryAfter: a rate limit (429 rate_limit with Retry-After)
@@ -120,7 +123,7 @@ func TestProvider429RetryAfter(t *testing.T) {
 		require.Equal(t, []string{"429 rate_limit", "200 executed"}, requestSummary(r.fake, key))
 		posts := requireOnePerKey(t, r.fake, key)
 		lr := r.requireApplied(key)
-		require.Equal(t, 1, lr.Attempts, "one claim, held across the wait")
+		require.Equal(t, 1, lr.Claims, "one claim, held across the wait")
 		t.Logf("429 Retry-After 1s, in run: 1 object, %d POSTs, run took %v", posts, elapsed.Round(time.Millisecond))
 	})
 
@@ -141,19 +144,27 @@ func TestProvider429RetryAfter(t *testing.T) {
 		require.Equal(t, idempotency.OutcomeRetryable, res.Outcome)
 		require.Equal(t, 1, res.Calls)
 		class, after := idempotency.Classify(err)
-		require.Equal(t, idempotency.ClassRetryable, class)
+		require.Equal(t, idempotency.ClassNotActed, class)
 		require.Equal(t, 30*time.Second, after, "Retry-After is carried to the caller")
 		lr := r.row(key)
-		require.Equal(t, "pending", lr.Status)
-		require.False(t, lr.Leased, "released for the next run")
+		require.Equal(t, "released", lr.State, "Stripe did nothing: the key is free once due")
+		require.False(t, lr.Leased)
 		require.Zero(t, r.fake.Created(stripefake.KindPromotionCode))
 
+		// The Retry-After is remembered: a run 10 s later makes no call.
+		r.clock.Advance(10 * time.Second)
+		res, err = r.run(eff, in)
+		require.ErrorIs(t, err, idempotency.ErrNotDue)
+		require.Equal(t, idempotency.OutcomeNotDue, res.Outcome)
+		require.Zero(t, res.Calls)
+		require.Equal(t, 20*time.Second, res.Delay)
+		r.clock.Advance(21 * time.Second)
 		res, err = r.run(eff, in)
 		require.NoError(t, err)
 		require.Equal(t, idempotency.OutcomeApplied, res.Outcome)
 		require.Equal(t, []string{"429 rate_limit", "200 executed"}, requestSummary(r.fake, key))
 		posts := requireOnePerKey(t, r.fake, key)
-		require.Equal(t, 2, r.requireApplied(key).Attempts)
+		require.Equal(t, 2, r.requireApplied(key).Claims)
 		t.Logf("429 Retry-After 30s > MaxBackoff: released, next run applied; 1 object, %d POSTs", posts)
 	})
 
@@ -189,9 +200,8 @@ func TestProvider5xxBeforeWrite(t *testing.T) {
 		require.ErrorIs(t, err, idempotency.ErrRetryable)
 		require.Equal(t, idempotency.OutcomeRetryable, res.Outcome)
 		lr := r.row(key)
-		require.Equal(t, "pending", lr.Status)
-		require.False(t, lr.Leased, "released for the next run")
-		require.False(t, lr.Parked)
+		require.Equal(t, "unknown", lr.State, "a fresh 500 may have acted: retried under the same key")
+		require.False(t, lr.Leased, "the answer came back: the attempt has ended")
 		require.Zero(t, r.fake.Created(stripefake.KindPromotionCode))
 
 		res, err = r.run(eff, in)
@@ -200,7 +210,7 @@ func TestProvider5xxBeforeWrite(t *testing.T) {
 		require.False(t, res.Value.Replayed)
 		require.Equal(t, []string{"500", "200 executed"}, requestSummary(r.fake, key))
 		posts := requireOnePerKey(t, r.fake, key)
-		require.Equal(t, 2, r.requireApplied(key).Attempts)
+		require.Equal(t, 2, r.requireApplied(key).Claims)
 		t.Logf("5xx before write: released, next run applied; 1 object, %d POSTs", posts)
 	})
 
@@ -216,33 +226,67 @@ func TestProvider5xxBeforeWrite(t *testing.T) {
 		require.Equal(t, 3, res.Calls)
 		require.Equal(t, []string{"503", "503", "200 executed"}, requestSummary(r.fake, key))
 		requireOnePerKey(t, r.fake, key)
-		require.Equal(t, 1, r.requireApplied(key).Attempts)
+		require.Equal(t, 1, r.requireApplied(key).Claims)
 	})
 }
 
-// TestProvider5xxAfterWriteParks: Stripe creates the code, then answers 500
-// and saves that 500 under the key (Stripe-Should-Retry: false). The
-// executor does not retry (even with 3 attempts allowed), parks the record
-// for an operator, and no later run calls Stripe again, even past the lease;
-// ListStuck lists it; the operator settles it from Stripe.
-func TestProvider5xxAfterWriteParks(t *testing.T) {
+// TestProvider5xxAfterWriteIsReconciled: Stripe creates the code, then
+// answers 500 and saves that 500 under the key (Stripe-Should-Retry:
+// false): the key will answer 500 for as long as Stripe remembers it. The
+// executor does not retry (even with 3 attempts allowed) and leaves the
+// record in doubt; the next run asks Stripe (Find), finds the code and
+// records it, with no creating POST.
+func TestProvider5xxAfterWriteIsReconciled(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, nil)
+	in := intent{ID: "i5xxr", Customer: "cus_5xxr"}
+	key := keyOf(in.ID)
+	r.fake.InjectFault(stripefake.Fault{Kind: stripefake.FaultServerErrorAfterWrite, Path: promoPath, Key: key})
+	eff := r.effect(attempts(3), 0)
+
+	res, err := r.run(eff, in)
+	require.ErrorIs(t, err, idempotency.ErrRetryable, "in doubt, for the next run to settle")
+	require.Equal(t, idempotency.OutcomeRetryable, res.Outcome)
+	require.Equal(t, 1, res.Calls, "a saved 500 is not retried")
+	lr := r.row(key)
+	require.Equal(t, "in_doubt", lr.State)
+	require.False(t, lr.Leased)
+	require.Nil(t, lr.Result)
+	posts := r.fake.Calls(stripefake.OpCreate, "")
+
+	res, err = r.run(eff, in)
+	require.NoError(t, err)
+	require.Equal(t, idempotency.OutcomeReconciled, res.Outcome)
+	require.Zero(t, res.Calls)
+	require.Equal(t, objectOf(t, r.fake, key).ID, res.Value.ID)
+	require.Equal(t, posts, r.fake.Calls(stripefake.OpCreate, ""), "no creating POST while reconciling")
+	require.Equal(t, []string{"500 executed"}, requestSummary(r.fake, key))
+	require.Empty(t, r.stuckKeys())
+	requireOnePerKey(t, r.fake, key)
+	r.requireApplied(key)
+}
+
+// TestProvider5xxAfterWriteWithoutFindParks: the same saved 500 for an
+// effect that cannot ask Stripe. The record waits for an operator: no
+// later run calls Stripe again, even past the lease; ListStuck lists it;
+// the operator settles it from Stripe.
+func TestProvider5xxAfterWriteWithoutFindParks(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, nil)
 	in := intent{ID: "i5xxa", Customer: "cus_5xxa"}
 	key := keyOf(in.ID)
 	r.fake.InjectFault(stripefake.Fault{Kind: stripefake.FaultServerErrorAfterWrite, Path: promoPath, Key: key})
 	eff := r.effect(attempts(3), 0)
+	eff.Find = nil
 
 	res, err := r.run(eff, in)
 	require.ErrorIs(t, err, idempotency.ErrNeedsReconciliation)
 	require.Equal(t, idempotency.OutcomeNeedsReconciliation, res.Outcome)
 	require.Equal(t, 1, res.Calls, "a saved 500 is not retried")
 	lr := r.row(key)
-	require.Equal(t, "pending", lr.Status)
-	require.True(t, lr.Parked)
+	require.Equal(t, "in_doubt", lr.State)
 	require.False(t, lr.Leased)
 	require.Nil(t, lr.Result)
-	require.Contains(t, lr.Reason, "unknown error")
 	require.Equal(t, []string{key}, r.stuckKeys())
 
 	// Later runs, even long past the lease, do not call Stripe.
@@ -254,7 +298,7 @@ func TestProvider5xxAfterWriteParks(t *testing.T) {
 		require.Zero(t, res.Calls)
 	}
 	require.Equal(t, []string{"500 executed"}, requestSummary(r.fake, key))
-	require.Equal(t, 1, r.row(key).Attempts, "never taken over")
+	require.Equal(t, 1, r.row(key).Claims, "never taken over")
 
 	id := r.settleFromStripe(key, in.Customer)
 	res, err = r.run(eff, in)
@@ -264,7 +308,7 @@ func TestProvider5xxAfterWriteParks(t *testing.T) {
 	require.Empty(t, r.stuckKeys())
 	posts := requireOnePerKey(t, r.fake, key)
 	r.requireApplied(key)
-	t.Logf("5xx after write: parked (NeedsReconciliation, listed stuck), 2 later runs made no call, settled by the operator; 1 object, %d POST", posts)
+	t.Logf("5xx after write without Find: in doubt (NeedsReconciliation, listed stuck), 2 later runs made no call, settled by the operator; 1 object, %d POST", posts)
 }
 
 // TestProviderDelayPastClientTimeout: Stripe executes the request but holds
@@ -320,8 +364,8 @@ func TestProviderDelayPastClientTimeout(t *testing.T) {
 	require.Equal(t, 1, r.fake.Created(stripefake.KindPromotionCode), "the code exists although the client gave up")
 	require.Equal(t, 1, r.fake.InFlight(), "Stripe still holds the request")
 	lr := r.row(key)
-	require.Equal(t, "pending", lr.Status)
-	require.False(t, lr.Leased, "released: the key is kept for the next run")
+	require.Equal(t, "unknown", lr.State, "released for a retry under the same key")
+	require.True(t, lr.Leased, "no answer came back: the lease bounds the attempt a Find would wait for")
 
 	// The next run (any worker, a patient client) while Stripe still holds it.
 	next := r.effect(attempts(1), 0)
@@ -338,7 +382,7 @@ func TestProviderDelayPastClientTimeout(t *testing.T) {
 
 	require.Equal(t, []string{"200 executed", "409 idempotency_key_in_use", "200 replayed"}, requestSummary(r.fake, key))
 	posts := requireOnePerKey(t, r.fake, key)
-	require.Equal(t, 3, r.requireApplied(key).Attempts)
+	require.Equal(t, 3, r.requireApplied(key).Claims)
 	t.Logf("delay past the client's deadline: 1 object, %d POSTs %v", posts, requestSummary(r.fake, key))
 }
 
@@ -359,8 +403,8 @@ func TestProviderResponseLost(t *testing.T) {
 		require.Equal(t, idempotency.OutcomeRetryable, res.Outcome)
 		require.Equal(t, 1, r.fake.Created(stripefake.KindPromotionCode))
 		lr := r.row(key)
-		require.Equal(t, "pending", lr.Status)
-		require.False(t, lr.Leased)
+		require.Equal(t, "unknown", lr.State)
+		require.True(t, lr.Leased, "no answer came back")
 
 		res, err = r.run(eff, in)
 		require.NoError(t, err)
@@ -385,6 +429,6 @@ func TestProviderResponseLost(t *testing.T) {
 		require.True(t, res.Value.Replayed)
 		require.Equal(t, []string{"no response executed", "200 replayed"}, requestSummary(r.fake, key))
 		requireOnePerKey(t, r.fake, key)
-		require.Equal(t, 1, r.requireApplied(key).Attempts)
+		require.Equal(t, 1, r.requireApplied(key).Claims)
 	})
 }

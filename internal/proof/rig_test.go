@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/stripe/stripe-go/v76"
 
 	"github.com/effectonce/effectonce/idempotency"
+	"github.com/effectonce/effectonce/idempotency/clocktest"
 	"github.com/effectonce/effectonce/internal/pgtest"
 	"github.com/effectonce/effectonce/pgguard"
 	"github.com/effectonce/effectonce/stripeeffect"
@@ -33,26 +33,12 @@ type promoResult = stripeeffect.PromotionCodeResult
 
 const promoPath = "/v1/promotion_codes"
 
-// fakeClock is the ledger's clock (pgguard.Config.Now).
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2025, time.March, 1, 12, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+// newFakeClock is the ledger's and the executor's clock
+// (pgguard.Config.Now, idempotency.Config.Now).
+func newFakeClock() *clocktest.Clock {
+	c := clocktest.New()
+	c.Set(time.Date(2025, time.March, 1, 12, 0, 0, 0, time.UTC))
+	return c
 }
 
 // rig is one test's world: a schema with the ledger, a store and an
@@ -63,7 +49,7 @@ type rig struct {
 	dsn   string // the schema's DSN, for more pools on the same ledger
 	pool  *pgxpool.Pool
 	store *pgguard.Store
-	clock *fakeClock
+	clock *clocktest.Clock
 	fake  *stripefake.Server
 	exec  *idempotency.Executor
 }
@@ -78,7 +64,7 @@ func newRig(t *testing.T, configure func(*pgxpool.Config)) *rig {
 	var err error
 	r.store, err = pgguard.New(r.pool, &pgguard.Config{Now: r.clock.Now})
 	require.NoError(t, err)
-	r.exec, err = idempotency.NewExecutor(r.store, nil)
+	r.exec, err = idempotency.NewExecutor(r.store, &idempotency.Config{Now: r.clock.Now})
 	require.NoError(t, err)
 	return r
 }
@@ -118,13 +104,12 @@ func (r *rig) run(e *idempotency.Effect[intent, promoResult], in intent) (idempo
 
 // ledgerRow is one row of the ledger, read back with SQL.
 type ledgerRow struct {
-	Status   string
-	Token    int64
-	Attempts int
-	Leased   bool // lease_until is set
-	Parked   bool
-	Result   []byte
-	Reason   string
+	State  string
+	Token  int64
+	Claims int
+	Leased bool // lease_until is set
+	Result []byte
+	Reason string
 }
 
 // rows returns every ledger row of key (active or not), oldest first.
@@ -135,14 +120,14 @@ func (r *rig) rows(key string) []ledgerRow {
 
 func ledgerRowsOf(t *testing.T, ctx context.Context, pool *pgxpool.Pool, key string) []ledgerRow {
 	t.Helper()
-	rows, err := pool.Query(ctx, `SELECT status, token, attempts, lease_until IS NOT NULL, parked, result, coalesce(reason, '')
+	rows, err := pool.Query(ctx, `SELECT state, token, claims, lease_until IS NOT NULL, result, coalesce(reason, '')
 		FROM `+pgguard.DefaultTable+` WHERE key = $1 ORDER BY id`, key)
 	require.NoError(t, err)
 	defer rows.Close()
 	var out []ledgerRow
 	for rows.Next() {
 		var lr ledgerRow
-		require.NoError(t, rows.Scan(&lr.Status, &lr.Token, &lr.Attempts, &lr.Leased, &lr.Parked, &lr.Result, &lr.Reason))
+		require.NoError(t, rows.Scan(&lr.State, &lr.Token, &lr.Claims, &lr.Leased, &lr.Result, &lr.Reason))
 		out = append(out, lr)
 	}
 	require.NoError(t, rows.Err())
@@ -170,9 +155,8 @@ func (r *rig) tableRows() int {
 func (r *rig) requireApplied(key string) ledgerRow {
 	r.t.Helper()
 	lr := r.row(key)
-	require.Equal(r.t, "applied", lr.Status)
+	require.Equal(r.t, "applied", lr.State)
 	require.False(r.t, lr.Leased)
-	require.False(r.t, lr.Parked)
 	var res promoResult
 	require.NoError(r.t, json.Unmarshal(lr.Result, &res), "stored result %q", lr.Result)
 	require.Equal(r.t, objectOf(r.t, r.fake, key).ID, res.ID, "the ledger holds the object Stripe created")
@@ -263,17 +247,10 @@ func requirePgCode(t *testing.T, err error, code string) {
 	require.Equal(t, code, pe.Code, "%v", err)
 }
 
-// stuckKeys lists the keys Store.ListStuck reports.
+// stuckKeys lists the keys Operator.ListStuck reports.
 func (r *rig) stuckKeys() []string {
 	r.t.Helper()
-	return r.stuckKeysWithin(0)
-}
-
-// stuckKeysWithin is stuckKeys that also lists released claims past the
-// provider's dedup window.
-func (r *rig) stuckKeysWithin(window time.Duration) []string {
-	r.t.Helper()
-	recs, err := r.store.ListStuck(r.ctx, idempotency.ListStuckRequest{Namespace: promoKeys.Namespace, Window: window})
+	recs, err := r.store.ListStuck(r.ctx, idempotency.ListStuckRequest{Namespace: promoKeys.Namespace})
 	require.NoError(r.t, err)
 	var out []string
 	for _, rec := range recs {
@@ -289,7 +266,7 @@ func (r *rig) stuckKeysWithin(window time.Duration) []string {
 // record as applied with that object. It returns the object's id.
 func (r *rig) settleFromStripe(key, customer string) string {
 	r.t.Helper()
-	recs, err := r.store.ListStuck(r.ctx, idempotency.ListStuckRequest{Namespace: promoKeys.Namespace, Window: stripeeffect.DedupWindow})
+	recs, err := r.store.ListStuck(r.ctx, idempotency.ListStuckRequest{Namespace: promoKeys.Namespace})
 	require.NoError(r.t, err)
 	i := slices.IndexFunc(recs, func(rec idempotency.Record) bool { return rec.Key == key })
 	require.GreaterOrEqual(r.t, i, 0, "ListStuck must list %s", key)
@@ -311,12 +288,12 @@ func (r *rig) settleFromStripe(key, customer string) string {
 
 	// A stale token (a worker's, or an older listing's) changes nothing.
 	_, err = r.store.Settle(r.ctx, idempotency.SettleRequest{Key: key, Token: stuck.Token + 1_000_000,
-		Status: idempotency.StatusApplied, Result: enc, Reason: "stale"})
+		State: idempotency.StateApplied, Result: enc, Reason: "stale"})
 	require.ErrorIs(r.t, err, idempotency.ErrClaimLost)
 
 	rec, err := r.store.Settle(r.ctx, idempotency.SettleRequest{Key: key, Token: stuck.Token,
-		Status: idempotency.StatusApplied, Result: enc, Reason: "operator: found at Stripe by metadata"})
+		State: idempotency.StateApplied, Result: enc, Reason: "operator: found at Stripe by metadata"})
 	require.NoError(r.t, err)
-	require.Equal(r.t, idempotency.StatusApplied, rec.Status)
+	require.Equal(r.t, idempotency.StateApplied, rec.State)
 	return found[0].ID
 }
