@@ -75,6 +75,16 @@ func TestStripeMockContract(t *testing.T) {
 		require.NoError(t, err)
 	})
 
+	t.Run("CreatePromotionCodeUnderASecondGeneration", func(t *testing.T) {
+		t.Parallel()
+		api, rec := stripeMockAPI(url)
+		key := mockKeys.MustKey(idempotency.Str("op", "promo-gen")).WithGeneration(2)
+		_, err := stripeeffect.CreatePromotionCode(ctx, api, key, stripeeffect.PromotionCode{Coupon: "co_123", Customer: "cus_123"})
+		require.NoError(t, err)
+		require.Equal(t, []string{key.String()}, rec.seen())
+		require.True(t, strings.HasSuffix(rec.seen()[0], "~g2"))
+	})
+
 	t.Run("DeactivatePromotionCode", func(t *testing.T) {
 		t.Parallel()
 		api, rec := stripeMockAPI(url)
