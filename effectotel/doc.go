@@ -8,9 +8,13 @@
 //
 //	inst, err := effectotel.New(nil) // the global TracerProvider and MeterProvider
 //	exec, err := idempotency.NewExecutor(ledger, inst.Configure(&idempotency.Config{Logger: logger}))
-//	reg, err := inst.ObserveStuck(ledger) // stuck records per namespace, at each collection
+//	_, err = inst.ObserveStuck(ledger) // stuck records per namespace, at each collection
+//	// each cron tick:
 //	rep, err := sweep.Run(ctx, exec, promo, src, nil)
 //	inst.RecordSweep(ctx, promo.Name, rep)
+//
+// docs/observability.md in the repository lists every name and attribute,
+// the cost of the stuck gauge, and alerts worth setting.
 //
 // # What is emitted
 //
@@ -22,7 +26,7 @@
 // attempt classes in order and whether the run reconciled; each attempt's
 // evidence is a span event at the time the attempt ended.
 //
-// The metrics (instrument names in the constants below):
+// The metrics (their names are the Metric constants):
 //
 //	effectonce.runs                      counter    {run}        effect, outcome
 //	effectonce.run.duration              histogram  s            effect, outcome
@@ -40,6 +44,8 @@
 // key outside HMAC mode is made of business ids. A failed run's span says
 // which outcome it had (status and error.type), nothing more; the ledger's
 // evidence and the executor's log (which redacts HMAC keys) hold the rest.
+// Attempt events carry the provider's request id (Stripe's Request-Id):
+// the provider's, never the caller's data.
 //
 // # Cardinality
 //

@@ -198,18 +198,7 @@ func (i *Instrumentation) OnOutcome(ctx context.Context, ev idempotency.Event) {
 	end := time.Now()
 	start := end.Add(-ev.Duration)
 	outcome := ev.Outcome.String()
-
-	set := attribute.NewSet(AttrEffect.String(ev.Effect), AttrOutcome.String(outcome))
-	i.runs.Add(ctx, 1, metric.WithAttributeSet(set))
-	i.duration.Record(ctx, ev.Duration.Seconds(), metric.WithAttributeSet(set))
-	effect := metric.WithAttributeSet(attribute.NewSet(AttrEffect.String(ev.Effect)))
-	i.calls.Add(ctx, int64(ev.Calls), effect)
-	if ev.Reconciled {
-		i.reconciled.Add(ctx, 1, effect)
-	}
-	for _, a := range ev.Attempts {
-		i.attempts.Add(ctx, 1, metric.WithAttributeSet(attribute.NewSet(AttrEffect.String(ev.Effect), AttrAttemptClass.String(string(a.Class)))))
-	}
+	failed := failure(ev.Outcome)
 
 	classes := make([]string, len(ev.Attempts))
 	for n, a := range ev.Attempts {
@@ -224,11 +213,10 @@ func (i *Instrumentation) OnOutcome(ctx context.Context, ev idempotency.Event) {
 		AttrAttemptClasses.StringSlice(classes),
 		AttrReconciled.Bool(ev.Reconciled),
 	}
-	failed := failure(ev.Outcome)
 	if failed {
 		attrs = append(attrs, AttrErrorType.String(outcome))
 	}
-	_, span := i.tracer.Start(ctx, spanName(SpanRun, ev.Effect), trace.WithTimestamp(start),
+	spanCtx, span := i.tracer.Start(ctx, spanName(SpanRun, ev.Effect), trace.WithTimestamp(start),
 		trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(attrs...))
 	if span.IsRecording() {
 		for n, a := range ev.Attempts {
@@ -237,6 +225,19 @@ func (i *Instrumentation) OnOutcome(ctx context.Context, ev idempotency.Event) {
 		if failed {
 			span.SetStatus(codes.Error, outcome)
 		}
+	}
+
+	// Measured under the run span, so that exemplars point at it.
+	set := metric.WithAttributeSet(attribute.NewSet(AttrEffect.String(ev.Effect), AttrOutcome.String(outcome)))
+	i.runs.Add(spanCtx, 1, set)
+	i.duration.Record(spanCtx, ev.Duration.Seconds(), set)
+	effect := metric.WithAttributeSet(attribute.NewSet(AttrEffect.String(ev.Effect)))
+	i.calls.Add(spanCtx, int64(ev.Calls), effect)
+	if ev.Reconciled {
+		i.reconciled.Add(spanCtx, 1, effect)
+	}
+	for _, c := range classes {
+		i.attempts.Add(spanCtx, 1, metric.WithAttributeSet(attribute.NewSet(AttrEffect.String(ev.Effect), AttrAttemptClass.String(c))))
 	}
 	span.End(trace.WithTimestamp(end))
 }

@@ -190,6 +190,16 @@ func TestRunSpanCoversTheRunExactly(t *testing.T) {
 	require.True(t, s.Events()[0].Time.Equal(ev.Attempts[0].At), "the attempt's event is at the attempt's end")
 	require.Equal(t, "req_1", attr(t, s.Events()[0].Attributes, effectotel.AttrRequestID).AsString())
 
+	// The duration's exemplar points at the run span.
+	m, ok := metricNamed(h.collect(t), effectotel.MetricRunDuration)
+	require.True(t, ok)
+	dps := m.Data.(metricdata.Histogram[float64]).DataPoints
+	require.Len(t, dps, 1)
+	require.Len(t, dps[0].Exemplars, 1)
+	sid := s.SpanContext().SpanID()
+	require.Equal(t, sid[:], dps[0].Exemplars[0].SpanID)
+	require.Equal(t, ev.Duration.Seconds(), dps[0].Exemplars[0].Value)
+
 	// The repeat: already applied, no call, no attempt.
 	_, err = idempotency.Run(ctx, exec, eff, member{Email: "alice@example.com"})
 	require.NoError(t, err)
