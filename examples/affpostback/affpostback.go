@@ -119,7 +119,7 @@ func New(cfg Config) (*Program, error) {
 	if err != nil {
 		return nil, err
 	}
-	exec, err := idempotency.NewExecutor(ledger, nil)
+	exec, err := idempotency.NewExecutor(ledger, &idempotency.Config{Now: cfg.Now})
 	if err != nil {
 		return nil, err
 	}
@@ -129,8 +129,8 @@ func New(cfg Config) (*Program, error) {
 	p.effect.Fingerprint = func(c Conversion) ([]byte, error) { return idempotency.FingerprintJSON(params(c)) }
 	p.effect.Expired = idempotency.ExpiredRetryUncalled
 	p.effect.Lease = Lease
-	p.effect.OnComplete = p.record
-	p.effect.OnFail = p.recordRefusal
+	p.effect.OnComplete = pgguard.OnComplete(p.record)
+	p.effect.OnFail = pgguard.OnFail(p.recordRefusal)
 	return p, nil
 }
 
@@ -153,7 +153,7 @@ func (p *Program) request(ctx context.Context, c Conversion) (*http.Request, err
 
 // record writes the postbacks row in the transaction that marks the effect
 // applied. A 23505 on uq_postbacks_active means "already there".
-func (p *Program) record(ctx context.Context, tx any, c Conversion, resp httpeffect.Response) error {
+func (p *Program) record(ctx context.Context, tx pgx.Tx, c Conversion, resp httpeffect.Response) error {
 	if p.beforeRecord != nil {
 		if err := p.beforeRecord(c); err != nil {
 			return err
@@ -163,7 +163,7 @@ func (p *Program) record(ctx context.Context, tx any, c Conversion, resp httpeff
 	if err != nil {
 		return err
 	}
-	_, err = pgguard.InsertOnce(ctx, tx.(pgx.Tx), Guard,
+	_, err = pgguard.InsertOnce(ctx, tx, Guard,
 		`INSERT INTO postbacks (conversion_id, status, http_status, idempotency_key) VALUES ($1, 'delivered', $2, $3)`,
 		c.ID, resp.Status, key.String())
 	return err
@@ -211,7 +211,7 @@ func (p *Program) Tick(ctx context.Context) (sweep.Report, error) {
 // request with a 4xx, in the transaction that marks the ledger record
 // failed (Effect.OnFail). (For a receiver that ignores keys, the 422
 // httpeffect reports as a key mismatch is a refusal like any other.)
-func (p *Program) recordRefusal(ctx context.Context, tx any, c Conversion, cause error) error {
+func (p *Program) recordRefusal(ctx context.Context, tx pgx.Tx, c Conversion, cause error) error {
 	var se *httpeffect.StatusError
 	if !errors.As(cause, &se) {
 		return nil
@@ -220,7 +220,7 @@ func (p *Program) recordRefusal(ctx context.Context, tx any, c Conversion, cause
 	if err != nil {
 		return err
 	}
-	if _, err := tx.(pgx.Tx).Exec(ctx, `
+	if _, err := tx.Exec(ctx, `
 		INSERT INTO postbacks (conversion_id, status, http_status, idempotency_key, reason)
 		VALUES ($1, 'failed', $2, $3, $4)`, c.ID, se.Response.Status, key.String(), se.Error()); err != nil {
 		return fmt.Errorf("affpostback: record refusal of %s: %w", c.ID, err)
@@ -228,10 +228,11 @@ func (p *Program) recordRefusal(ctx context.Context, tx any, c Conversion, cause
 	return nil
 }
 
-// Settle resolves a postback parked for reconciliation, once someone has
-// checked the network's report for the conversion. stuck is the record
-// Store.ListStuck returned: its fencing token makes Settle fail with
-// idempotency.ErrClaimLost if anything touched the record since.
+// Settle resolves a postback in doubt, once someone has checked the
+// network's report for the conversion. stuck is the record
+// Operator.ListStuck returned: its fencing token makes Settle fail with
+// idempotency.ErrClaimLost if anything touched the record since, and a
+// record a live claim holds is refused with idempotency.ErrClaimLive.
 //
 // delivered: the network counted the conversion. The ledger record is
 // marked applied (its stored result is a Response with Status 0, "settled
@@ -246,12 +247,12 @@ func (p *Program) Settle(ctx context.Context, conversionID string, stuck idempot
 	if stuck.Key != key.String() {
 		return fmt.Errorf("affpostback: settle %s: the record is another key's (%s)", conversionID, stuck.Key)
 	}
-	req := idempotency.SettleRequest{Key: stuck.Key, Token: stuck.Token, Status: idempotency.StatusFailed, Reason: note}
+	req := idempotency.SettleRequest{Key: stuck.Key, Token: stuck.Token, State: idempotency.StateFailed, Reason: note}
 	if !delivered {
 		_, err := p.ledger.Settle(ctx, req)
 		return err
 	}
-	req.Status = idempotency.StatusApplied
+	req.State = idempotency.StateApplied
 	if req.Result, err = (idempotency.JSONCodec[httpeffect.Response]{}).Encode(httpeffect.Response{}); err != nil {
 		return err
 	}

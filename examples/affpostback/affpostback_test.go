@@ -14,7 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/effectonce/effectonce/idempotency"
-	"github.com/effectonce/effectonce/idempotency/storetest"
+	"github.com/effectonce/effectonce/idempotency/clocktest"
 	"github.com/effectonce/effectonce/internal/pgtest"
 )
 
@@ -24,7 +24,7 @@ type fixture struct {
 	ctx   context.Context
 	pool  *pgxpool.Pool
 	net   *network
-	clock *storetest.Clock
+	clock *clocktest.Clock
 	p     *Program
 }
 
@@ -33,7 +33,7 @@ func setup(t *testing.T) *fixture {
 	ctx := context.Background()
 	pool := pgtest.Pool(t)
 	require.NoError(t, Migrate(ctx, pool))
-	clock := storetest.NewClock()
+	clock := clocktest.New()
 	net := newNetwork(t)
 	p, err := New(Config{DB: pool, URL: net.url(), Now: clock.Now})
 	require.NoError(t, err)
@@ -78,7 +78,9 @@ func (f *fixture) record(t *testing.T, c Conversion) (idempotency.Record, bool) 
 
 func (f *fixture) stuck(t *testing.T) []idempotency.Record {
 	t.Helper()
-	recs, err := f.p.Executor().Store().ListStuck(f.ctx, idempotency.ListStuckRequest{Namespace: Keys.Namespace})
+	op, ok := f.p.Executor().Store().(idempotency.Operator)
+	require.True(t, ok, "pgguard's store is an Operator")
+	recs, err := op.ListStuck(f.ctx, idempotency.ListStuckRequest{Namespace: Keys.Namespace})
 	require.NoError(t, err)
 	return recs
 }
@@ -139,10 +141,11 @@ func TestWorkerThatDiedBeforeCallingIsTakenOver(t *testing.T) {
 	require.NoError(t, err)
 	dead, err := f.p.Executor().Store().Claim(f.ctx, idempotency.ClaimRequest{
 		Key: key.String(), Namespace: key.Namespace(), Fingerprint: fp,
-		Lease: Lease, TakeOver: true, OnlyUncalled: true,
+		Lease: Lease, Track: true,
 	})
 	require.NoError(t, err)
-	require.True(t, dead.Acquired)
+	require.True(t, dead.Verdict.Holds())
+	require.Equal(t, idempotency.StateClaimed, dead.Record.State)
 
 	// While its lease is live, a tick leaves it alone.
 	rep, err := f.p.Tick(f.ctx)
@@ -159,11 +162,11 @@ func TestWorkerThatDiedBeforeCallingIsTakenOver(t *testing.T) {
 	require.Equal(t, []postback{{"cv1", "delivered", 200}}, f.postbacks(t))
 	rec, ok := f.record(t, cv)
 	require.True(t, ok)
-	require.Equal(t, idempotency.StatusApplied, rec.Status)
-	require.Equal(t, 2, rec.Attempts, "the dead worker's claim, then the takeover")
+	require.Equal(t, idempotency.StateApplied, rec.State)
+	require.Equal(t, 2, rec.Claims, "the dead worker's claim, then the takeover")
 
 	// The dead worker, waking up, can no longer touch the record.
-	err = f.p.Executor().Store().Release(f.ctx, idempotency.ReleaseRequest{Key: key.String(), Token: dead.Record.Token})
+	_, err = f.p.Executor().Store().Transition(f.ctx, idempotency.Release(key.String(), dead.Record.Token, "woke up", 0))
 	require.ErrorIs(t, err, idempotency.ErrClaimLost)
 }
 
@@ -206,7 +209,7 @@ func TestWorkerThatDiedAfterCallingIsParkedForReconciliation(t *testing.T) {
 	require.Len(t, stuck, 1)
 	key, _ := Key(cv1)
 	require.Equal(t, key.String(), stuck[0].Key)
-	require.True(t, stuck[0].CallStarted)
+	require.Equal(t, idempotency.StateCalling, stuck[0].State, "its call had started")
 
 	// Someone checks the network's report (it counted cv1) and settles.
 	require.NoError(t, f.p.Settle(f.ctx, "cv1", stuck[0], true, "in the network's report"))
@@ -228,7 +231,7 @@ func TestNotDeliveredSettlementFiresAgain(t *testing.T) {
 	require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeNeedsReconciliation])
 	stuck := f.stuck(t)
 	require.Len(t, stuck, 1)
-	require.True(t, stuck[0].Parked)
+	require.Equal(t, idempotency.StateInDoubt, stuck[0].State)
 
 	// The network's report does not have it: settle as not delivered.
 	require.NoError(t, f.p.Settle(f.ctx, "cv1", stuck[0], false, "not in the network's report"))
@@ -241,24 +244,41 @@ func TestNotDeliveredSettlementFiresAgain(t *testing.T) {
 
 func TestNetworkAnswers(t *testing.T) {
 	t.Parallel()
-	t.Run("503IsRetriedByTheNextTick", func(t *testing.T) {
+	t.Run("503IsRetriedInTheSameRun", func(t *testing.T) {
 		t.Parallel()
 		f := setup(t)
 		cv := f.convert(t, "cv1", 500)
 		f.net.answer("cv1", http.StatusServiceUnavailable)
 		rep, err := f.p.Tick(f.ctx)
 		require.NoError(t, err)
+		require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeApplied], "a 503 says nothing happened: safe to retry at once, even here")
+		require.Equal(t, 2, rep.ProviderCalls)
+		require.Equal(t, 2, f.net.hitsFor("cv1"), "the 503 and the success")
+		require.Equal(t, []postback{{"cv1", "delivered", 200}}, f.postbacks(t))
+		rec, ok := f.record(t, cv)
+		require.True(t, ok)
+		require.Len(t, rec.Evidence, 2)
+		require.Equal(t, idempotency.AttemptNotActed, rec.Evidence[0].Class)
+		require.Equal(t, http.StatusServiceUnavailable, rec.Evidence[0].Status)
+		require.Equal(t, idempotency.AttemptDone, rec.Evidence[1].Class)
+	})
+	t.Run("503sUntilTheRunGivesUpAreRetriedByTheNextTick", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t)
+		cv := f.convert(t, "cv1", 500)
+		f.net.answer("cv1", http.StatusServiceUnavailable, http.StatusServiceUnavailable, http.StatusServiceUnavailable)
+		rep, err := f.p.Tick(f.ctx)
+		require.NoError(t, err)
 		require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeRetryable])
 		require.Empty(t, f.postbacks(t))
 		rec, ok := f.record(t, cv)
 		require.True(t, ok)
-		require.True(t, rec.LeaseUntil.IsZero(), "released: free for the next claim")
-		require.False(t, rec.CallStarted, "a 503 says nothing happened")
+		require.Equal(t, idempotency.StateReleased, rec.State, "nothing happened: free for the next claim")
 
 		rep, err = f.p.Tick(f.ctx)
 		require.NoError(t, err)
 		require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeApplied])
-		require.Equal(t, 2, f.net.hitsFor("cv1"), "the 503 and the success")
+		require.Equal(t, 4, f.net.hitsFor("cv1"), "three 503s and the success")
 		require.Equal(t, []postback{{"cv1", "delivered", 200}}, f.postbacks(t))
 	})
 	t.Run("500IsParked", func(t *testing.T) {

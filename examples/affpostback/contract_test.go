@@ -41,8 +41,9 @@ func TestPostbacksGuardContract(t *testing.T) {
 
 // The network ignores keys, and the effect takes over only claims whose
 // call never started (ExpiredRetryUncalled): effecttest's crash case, a
-// worker that died after the call, must therefore end parked for
-// reconciliation with no second hit, and that is what it checks.
+// worker that died after the call, must therefore end in doubt for an
+// operator (Program.Settle, from the network's report) with no second
+// hit. The case says so (ParkForOperator), and effecttest checks it.
 func TestPostbackEffectContract(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
@@ -60,7 +61,8 @@ func TestPostbackEffectContract(t *testing.T) {
 			require.NoError(t, err)
 			return s
 		},
-		Effects: f.net.total,
+		Effects:       f.net.total,
+		CrashRecovery: effecttest.ParkForOperator,
 	})
 	require.True(t, ok)
 	require.Equal(t, len(inputs), f.net.total(), "one hit per conversion")

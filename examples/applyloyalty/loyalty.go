@@ -104,7 +104,7 @@ func New(cfg Config) (*Program, error) {
 	if err != nil {
 		return nil, err
 	}
-	exec, err := idempotency.NewExecutor(ledger, nil)
+	exec, err := idempotency.NewExecutor(ledger, &idempotency.Config{Now: cfg.Now})
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +117,7 @@ func New(cfg Config) (*Program, error) {
 				Metadata: map[string]string{"user_id": c.UserID, "subscription_id": c.SubscriptionID},
 			}
 		})
-	p.effect.OnComplete = p.record
+	p.effect.OnComplete = pgguard.OnComplete(p.record)
 	return p, nil
 }
 
@@ -132,7 +132,7 @@ func (p *Program) Executor() *idempotency.Executor { return p.exec }
 // record writes the domain row in the transaction that marks the effect
 // applied. The insert collapses a 23505 on uq_loyalty_discounts_active into
 // "already there" and leaves every other error alone.
-func (p *Program) record(ctx context.Context, tx any, c Candidate, promo stripeeffect.PromotionCodeResult) error {
+func (p *Program) record(ctx context.Context, tx pgx.Tx, c Candidate, promo stripeeffect.PromotionCodeResult) error {
 	if p.beforeRecord != nil {
 		if err := p.beforeRecord(c); err != nil {
 			return err
@@ -142,7 +142,7 @@ func (p *Program) record(ctx context.Context, tx any, c Candidate, promo stripee
 	if err != nil {
 		return err
 	}
-	_, err = pgguard.InsertOnce(ctx, tx.(pgx.Tx), Guard,
+	_, err = pgguard.InsertOnce(ctx, tx, Guard,
 		`INSERT INTO loyalty_discounts (user_id, subscription_id, milestone, promotion_code_id, code, status, idempotency_key)
 		 VALUES ($1, $2, $3, $4, $5, 'applied', $6)`,
 		c.UserID, c.SubscriptionID, c.Milestone, promo.ID, promo.Code, key.String())

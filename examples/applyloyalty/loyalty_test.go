@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/effectonce/effectonce/idempotency"
-	"github.com/effectonce/effectonce/idempotency/storetest"
+	"github.com/effectonce/effectonce/idempotency/clocktest"
 	"github.com/effectonce/effectonce/idempotency/sweep"
 	"github.com/effectonce/effectonce/internal/pgtest"
 	"github.com/effectonce/effectonce/stripeeffect"
@@ -32,7 +32,7 @@ type fixture struct {
 	ctx   context.Context
 	pool  *pgxpool.Pool
 	fake  *stripefake.Server
-	clock *storetest.Clock
+	clock *clocktest.Clock
 	p     *Program
 }
 
@@ -44,7 +44,7 @@ func setup(t *testing.T) *fixture {
 	fake := stripefake.New()
 	t.Cleanup(fake.Close)
 	fake.AddCoupon(coupon, 10)
-	clock := storetest.NewClock()
+	clock := clocktest.New()
 	p, err := New(Config{DB: pool, Stripe: stripeeffect.NewAPI("sk_test_loyalty", &stripeeffect.APIConfig{URL: fake.URL()}), Coupon: coupon, Now: clock.Now})
 	require.NoError(t, err)
 	return &fixture{ctx: ctx, pool: pool, fake: fake, clock: clock, p: p}

@@ -95,7 +95,7 @@ func New(cfg Config) (*Program, error) {
 	if err != nil {
 		return nil, err
 	}
-	exec, err := idempotency.NewExecutor(ledger, nil)
+	exec, err := idempotency.NewExecutor(ledger, &idempotency.Config{Now: cfg.Now})
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +113,7 @@ func New(cfg Config) (*Program, error) {
 	p.effect.Call = func(ctx context.Context, key idempotency.Key, r Request) (stripeeffect.RefundResult, error) {
 		return p.call(ctx, key, r, refund)
 	}
-	p.effect.OnComplete = p.record
+	p.effect.OnComplete = pgguard.OnComplete(p.record)
 	return p, nil
 }
 
@@ -227,7 +227,7 @@ func (p *Program) reserve(ctx context.Context, key idempotency.Key, r Request) (
 			VALUES ($1, $2, $3, $4, 'reserved', $5)`,
 			r.OrderID, r.RequestID, r.AmountCents, r.Currency, key.String())
 		if err == nil && !ins.Inserted {
-			err = idempotency.Retryable(fmt.Errorf("orderrefund: request %s was reserved concurrently", r.RequestID), 0)
+			err = idempotency.NotActed(fmt.Errorf("orderrefund: request %s was reserved concurrently", r.RequestID), 0)
 		}
 		return err
 	})
@@ -251,12 +251,12 @@ func (p *Program) fail(ctx context.Context, r Request, reason string) error {
 // record turns the reservation into the refund Stripe made, in the
 // transaction that marks the effect applied. Stripe's later status changes
 // (refund.updated webhooks: pending to succeeded or failed) are not shown.
-func (p *Program) record(ctx context.Context, tx any, r Request, rf stripeeffect.RefundResult) error {
+func (p *Program) record(ctx context.Context, tx pgx.Tx, r Request, rf stripeeffect.RefundResult) error {
 	status := "pending"
 	if rf.Status == "succeeded" {
 		status = "succeeded"
 	}
-	tag, err := tx.(pgx.Tx).Exec(ctx, `
+	tag, err := tx.Exec(ctx, `
 		UPDATE refunds SET status = $2, stripe_refund_id = $3, updated_at = now()
 		WHERE refund_request_id = $1 AND status IN ('reserved', 'pending', 'succeeded')
 		  AND coalesce(stripe_refund_id, $3) = $3`, r.RequestID, status, rf.ID)

@@ -13,7 +13,7 @@ import (
 	"github.com/stripe/stripe-go/v76"
 
 	"github.com/effectonce/effectonce/idempotency"
-	"github.com/effectonce/effectonce/idempotency/storetest"
+	"github.com/effectonce/effectonce/idempotency/clocktest"
 	"github.com/effectonce/effectonce/internal/pgtest"
 	"github.com/effectonce/effectonce/stripeeffect"
 	"github.com/effectonce/effectonce/stripeeffect/stripefake"
@@ -38,7 +38,7 @@ func setup(t *testing.T) *fixture {
 	p, err := New(Config{
 		DB:     pool,
 		Stripe: stripeeffect.NewAPI("sk_test_orderrefund", &stripeeffect.APIConfig{URL: fake.URL()}),
-		Now:    storetest.NewClock().Now,
+		Now:    clocktest.New().Now,
 	})
 	require.NoError(t, err)
 	return &fixture{ctx: ctx, pool: pool, fake: fake, p: p}
@@ -144,7 +144,7 @@ func TestSameRequestWithAnotherAmountIsAMismatch(t *testing.T) {
 	require.ErrorAs(t, err, &mismatch)
 	require.Equal(t, idempotency.OutcomeMismatch, res.Outcome)
 	require.Zero(t, res.Calls)
-	require.Equal(t, idempotency.StatusApplied, mismatch.Stored.Status)
+	require.Equal(t, idempotency.StateApplied, mismatch.Stored.State)
 
 	require.Len(t, f.fake.Requests(key("ord_1", "rr_1")), 1, "the edited amount never reached Stripe")
 	require.Equal(t, 1, f.fake.Created(stripefake.KindRefund))
@@ -379,8 +379,8 @@ func TestAnotherKeyForAReservedRequestNeverReachesStripe(t *testing.T) {
 	}
 	r := Request{RequestID: "rr_1", OrderID: "ord_1", PaymentIntent: "pi_ord_1", AmountCents: 2500, Currency: "usd", Reason: "requested_by_customer"}
 	res, err := idempotency.Run(f.ctx, f.p.Executor(), &other, r)
-	require.ErrorIs(t, err, idempotency.ErrNeedsReconciliation)
-	require.Equal(t, idempotency.OutcomeNeedsReconciliation, res.Outcome)
+	require.ErrorIs(t, err, idempotency.ErrNeedsReconciliation, "the reservation says a refund may exist")
+	require.Equal(t, idempotency.StateInDoubt, res.Record.State, "in doubt: a later run asks Stripe, an operator settles")
 	require.Empty(t, f.fake.Requests(res.Key.String()), "no request under the new key")
 	require.Equal(t, 1, f.fake.Created(stripefake.KindRefund))
 	require.Equal(t, int64(2500), f.fake.Refunded("pi_ord_1"))

@@ -124,7 +124,7 @@ func New(cfg Config) (*Program, error) {
 	if err != nil {
 		return nil, err
 	}
-	exec, err := idempotency.NewExecutor(ledger, nil)
+	exec, err := idempotency.NewExecutor(ledger, &idempotency.Config{Now: cfg.Now})
 	if err != nil {
 		return nil, err
 	}
@@ -146,8 +146,8 @@ func New(cfg Config) (*Program, error) {
 	eff.Expired = idempotency.ExpiredRetry
 	eff.DedupWindow = DedupWindow
 	eff.Lease = 2 * time.Minute // well above the client's 10s timeout
-	eff.OnComplete = p.record
-	eff.OnFail = p.recordRefusal
+	eff.OnComplete = pgguard.OnComplete(p.record)
+	eff.OnFail = pgguard.OnFail(p.recordRefusal)
 	p.effect = eff
 	return p, nil
 }
@@ -191,7 +191,7 @@ func (p *Program) request(ctx context.Context, c Candidate) (*http.Request, erro
 // record writes the notice row in the transaction that marks the effect
 // applied (sent) or skipped. A 23505 on uq_threshold_notices_active means
 // "already there"; every other error is returned and nothing is marked.
-func (p *Program) record(ctx context.Context, tx any, c Candidate, resp httpeffect.Response) error {
+func (p *Program) record(ctx context.Context, tx pgx.Tx, c Candidate, resp httpeffect.Response) error {
 	if p.beforeRecord != nil {
 		if err := p.beforeRecord(c); err != nil {
 			return err
@@ -209,7 +209,7 @@ func (p *Program) record(ctx context.Context, tx any, c Candidate, resp httpeffe
 		ID string `json:"id"`
 	}
 	_ = json.Unmarshal(resp.Body, &sent) // no id in the answer: message_id stays NULL
-	_, err = pgguard.InsertOnce(ctx, tx.(pgx.Tx), Guard,
+	_, err = pgguard.InsertOnce(ctx, tx, Guard,
 		`INSERT INTO threshold_notices (payee_id, tax_year, status, email, message_id, year_total_cents, idempotency_key)
 		 VALUES ($1, $2, $3, NULLIF($4, ''), NULLIF($5, ''), $6, $7)`,
 		c.PayeeID, c.TaxYear, status, c.Email, sent.ID, c.YearTotalCents, key.String())
@@ -260,12 +260,12 @@ func (p *Program) Tick(ctx context.Context) (sweep.Report, error) {
 // (a 4xx, such as an address it will not send to), in the transaction that
 // marks the ledger record failed (Effect.OnFail). The failed row keeps the
 // payee-year out of later ticks until the address changes.
-func (p *Program) recordRefusal(ctx context.Context, tx any, c Candidate, cause error) error {
+func (p *Program) recordRefusal(ctx context.Context, tx pgx.Tx, c Candidate, cause error) error {
 	key, err := Key(c)
 	if err != nil {
 		return err
 	}
-	if _, err := tx.(pgx.Tx).Exec(ctx, `
+	if _, err := tx.Exec(ctx, `
 		INSERT INTO threshold_notices (payee_id, tax_year, status, email, year_total_cents, idempotency_key, reason)
 		VALUES ($1, $2, 'failed', NULLIF($3, ''), $4, $5, $6)`,
 		c.PayeeID, c.TaxYear, c.Email, c.YearTotalCents, key.String(), cause.Error()); err != nil {

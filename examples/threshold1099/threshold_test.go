@@ -14,7 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/effectonce/effectonce/idempotency"
-	"github.com/effectonce/effectonce/idempotency/storetest"
+	"github.com/effectonce/effectonce/idempotency/clocktest"
 	"github.com/effectonce/effectonce/idempotency/sweep"
 	"github.com/effectonce/effectonce/internal/pgtest"
 )
@@ -28,7 +28,7 @@ type fixture struct {
 	ctx   context.Context
 	pool  *pgxpool.Pool
 	mail  *mailProvider
-	clock *storetest.Clock
+	clock *clocktest.Clock
 	p     *Program
 }
 
@@ -37,7 +37,7 @@ func setup(t *testing.T) *fixture {
 	ctx := context.Background()
 	pool := pgtest.Pool(t)
 	require.NoError(t, Migrate(ctx, pool))
-	clock := storetest.NewClock()
+	clock := clocktest.New()
 	mail := newMailProvider(t, clock.Now)
 	p, err := New(Config{DB: pool, Endpoint: mail.endpoint(), APIKey: apiKey, From: "tax@payouts.example", Now: clock.Now})
 	require.NoError(t, err)
@@ -323,7 +323,7 @@ func TestCrashPastTheProviderWindowWaitsForReconciliation(t *testing.T) {
 	require.Equal(t, 1, f.mail.count(), "no second email")
 	require.Empty(t, f.notices(t))
 
-	stuck, err := f.p.Executor().Store().ListStuck(f.ctx, idempotency.ListStuckRequest{Namespace: Keys.Namespace})
+	stuck, err := f.p.Executor().Store().(idempotency.Operator).ListStuck(f.ctx, idempotency.ListStuckRequest{Namespace: Keys.Namespace})
 	require.NoError(t, err)
 	require.Len(t, stuck, 1)
 	require.Equal(t, key.String(), stuck[0].Key)

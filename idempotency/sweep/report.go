@@ -32,8 +32,8 @@ type Report struct {
 	ProviderCalls int
 	// SavedByPreflight counts candidates the batch pre-flight settled on
 	// its own, with no claim and no provider call: already applied or
-	// skipped, held elsewhere under a live lease, not yet due, held with
-	// another fingerprint (a mismatch), or in doubt with no Find.
+	// skipped, held elsewhere under a live lease, not yet due, or held
+	// with another fingerprint (a mismatch).
 	SavedByPreflight int
 	// RefusalsRemembered counts candidates skipped because their last
 	// record was refused with the same payload within the effect's

@@ -89,9 +89,10 @@ func (c *Config) withDefaults() (Config, error) {
 //  2. One Store.Lookup pre-flights the whole batch, and the claim rule is
 //     applied to what it returns on the executor's clock
 //     (idempotency.Preflight): a candidate already applied or skipped,
-//     held elsewhere under a live lease, not yet due, held with another
-//     fingerprint, or in doubt with no way to settle it is counted without
-//     a claim or a provider call.
+//     held elsewhere under a live lease, not yet due, or held with another
+//     fingerprint is counted without a claim or a provider call. (A clock
+//     that disagrees with the store's can only defer these to the next
+//     sweep; the claim, on the store's clock, decides everything else.)
 //  3. Every other candidate goes through idempotency.Run, at most
 //     Config.Concurrency at once. The claim, not the pre-flight, is the
 //     guard: a duplicate within a batch, or another worker sweeping the
@@ -399,10 +400,11 @@ func preflight[In, Out any](x *idempotency.Executor, e *idempotency.Effect[In, O
 		return idempotency.OutcomeInFlight, nil
 	case idempotency.VerdictNotDue:
 		return idempotency.OutcomeNotDue, fmt.Errorf("sweep: %s: %w (record %s)", e.Name, idempotency.ErrNotDue, rec.State)
-	case idempotency.VerdictInDoubt:
-		return idempotency.OutcomeNeedsReconciliation, fmt.Errorf("sweep: %s: %w: record %s: %s",
-			e.Name, idempotency.ErrNeedsReconciliation, rec.State, rec.Reason)
 	}
+	// In doubt is left to the claim: the pre-flight decides on the
+	// executor's clock, and one running ahead of the store's would report
+	// a live claim as needing an operator. The verdicts settled above can
+	// only be wrong by waiting one more sweep.
 	return 0, nil
 }
 
