@@ -73,6 +73,11 @@ func Observe(ctx context.Context, o Observation) {
 	}
 }
 
+// AttemptClassOf is the evidence class the executor records for an attempt
+// that ended with err (nil: done): for middleware and instrumentation that
+// report attempts the way the ledger does.
+func AttemptClassOf(err error) AttemptClass { return attemptClass(err) }
+
 // attemptClass maps a Call's outcome to its evidence class.
 func attemptClass(err error) AttemptClass {
 	if err == nil {

@@ -48,8 +48,8 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 }
 
 // Event reports one finished run, for metrics and tracing (see package
-// otel): duplicates collapsed (AlreadyApplied, InFlight), provider calls
-// made and saved, attempts and their evidence.
+// effectotel): duplicates collapsed (AlreadyApplied, InFlight), provider
+// calls made and saved, attempts and their evidence.
 type Event struct {
 	Effect    string
 	Namespace string
@@ -65,7 +65,10 @@ type Event struct {
 	// not record, encoded.
 	LostResult []byte
 	Err        error
-	Duration   time.Duration
+	// Start is when the run began (time.Now, with its monotonic reading)
+	// and Duration how long it took.
+	Start    time.Time
+	Duration time.Duration
 }
 
 // Config configures an Executor. The zero value is ready to use.

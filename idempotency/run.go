@@ -49,7 +49,7 @@ func Run[In, Out any](ctx context.Context, x *Executor, e *Effect[In, Out], in I
 			name = e.Name
 		}
 		x.report(ctx, Event{Effect: name, Namespace: res.Key.Namespace(), Key: res.Key, Outcome: res.Outcome,
-			Calls: res.Calls, Attempts: res.Attempts, Reconciled: res.Reconciled, LostResult: r.lost, Err: err, Duration: time.Since(start)})
+			Calls: res.Calls, Attempts: res.Attempts, Reconciled: res.Reconciled, LostResult: r.lost, Err: err, Start: start, Duration: time.Since(start)})
 	}
 	return res, err
 }

@@ -119,6 +119,13 @@ func deadline(r string) string {
 		ELSE ` + r + `.first_claimed_at + ` + micro("$6") + ` END)`
 }
 
+// stuckPredicate is idempotency.Stuck in SQL, at clock.now; its first line
+// matches the stuck index's predicate.
+const stuckPredicate = `state IN ('claimed', 'calling', 'reconciling', 'unknown', 'in_doubt')
+	AND (state = 'in_doubt'
+		OR (state IN ('claimed', 'calling', 'reconciling') AND lease_until <= clock.now)
+		OR (state = 'unknown' AND dedup_until <= clock.now))`
+
 // evidenceTrim keeps the last idempotency.MaxEvidence entries of a jsonb
 // array (a lax jsonpath: a shorter array is kept whole).
 var evidenceTrim = `'$[last-` + strconv.Itoa(idempotency.MaxEvidence-1) + ` to last]'`
@@ -225,10 +232,7 @@ ORDER BY key, updated_at DESC`
 	// ListStuck: idempotency.Stuck in SQL.
 	q.listStuck = `WITH clock AS MATERIALIZED (SELECT ` + nowParam("$1") + ` AS now)
 SELECT ` + recordCols + ` FROM ` + t + `, clock
-WHERE state IN ('claimed', 'calling', 'reconciling', 'unknown', 'in_doubt')
-	AND (state = 'in_doubt'
-		OR (state IN ('claimed', 'calling', 'reconciling') AND lease_until <= clock.now)
-		OR (state = 'unknown' AND dedup_until <= clock.now))
+WHERE ` + stuckPredicate + `
 	AND ($2::text = '' OR namespace = $2::text)
 ORDER BY first_claimed_at, id
 LIMIT $3::bigint`
