@@ -20,9 +20,11 @@ const DedupWindow = 24 * time.Hour
 // builds when APIConfig.HTTPClient is nil.
 const DefaultTimeout = 30 * time.Second
 
-// DefaultRetry is the in-run retry policy the effect constructors of this
-// package set as Effect.Retry: three attempts, 0.5 s then 1 s apart (a
-// Retry-After up to 5 s wins), all under the same key. It gives back, at the
+// DefaultRetry is the retry policy the effect constructors of this package
+// set as Effect.Retry: three attempts per run, 0.5 s then 1 s apart (a
+// Retry-After up to 5 s wins), all under the same key; after a run that
+// gave up, the key waits 2 s, doubling with each claim up to an hour (or
+// Stripe's longer Retry-After), before another run may try. It gives back, at the
 // executor, the two retries NewAPI takes away from stripe-go. The
 // constructors copy it when called; set the returned effect's Retry to nil
 // to use the executor's Config.Retry instead.
@@ -30,7 +32,16 @@ var DefaultRetry = idempotency.RetryPolicy{
 	MaxAttempts:    3,
 	InitialBackoff: 500 * time.Millisecond,
 	MaxBackoff:     5 * time.Second,
+	RunBackoff:     2 * time.Second,
+	MaxRunBackoff:  time.Hour,
 }
+
+// RefusalMemory is how long a sweep skips an effect of this package whose
+// last record Stripe refused with the same request (Effect.RememberRefusal):
+// a refusal that cannot change (a credit in a currency the customer's
+// balance does not hold) is sent once a week, not at every tick. A
+// corrected request is sent at once; sweep.Config.RetryRefused sends anyway.
+const RefusalMemory = 7 * 24 * time.Hour
 
 // APIConfig configures NewAPI. The zero value (or nil) talks to Stripe.
 type APIConfig struct {

@@ -93,8 +93,9 @@ func newEffect[In, Req, Obj, Out any](
 			}
 			return result(obj), nil
 		},
-		Expired: idempotency.ExpiredRetry,
-		Retry:   &retry,
+		Expired:         idempotency.ExpiredRetry,
+		Retry:           &retry,
+		RememberRefusal: RefusalMemory,
 	}
 	if find != nil {
 		e.Find = func(ctx context.Context, k idempotency.Key, in In) (Out, bool, error) {

@@ -273,8 +273,15 @@ func TestNetworkAnswers(t *testing.T) {
 		require.Empty(t, f.postbacks(t))
 		rec, ok := f.record(t, cv)
 		require.True(t, ok)
-		require.Equal(t, idempotency.StateReleased, rec.State, "nothing happened: free for the next claim")
+		require.Equal(t, idempotency.StateReleased, rec.State, "nothing happened: free for the next claim, once due")
+		require.False(t, rec.DueAt.IsZero(), "after a run that gave up, the key backs off")
 
+		rep, err = f.p.Tick(f.ctx)
+		require.NoError(t, err)
+		require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeNotDue], "an immediate tick does not hammer the network")
+		require.Equal(t, 3, f.net.hitsFor("cv1"))
+
+		f.clock.Advance(3 * time.Second) // past the 2 s backoff and its jitter
 		rep, err = f.p.Tick(f.ctx)
 		require.NoError(t, err)
 		require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeApplied])

@@ -110,14 +110,18 @@ type Config struct {
 // Config.DedupWindow is zero.
 const DefaultDedupWindow = 24 * time.Hour
 
-// DefaultRetry is the in-run retry policy Effect sets: three attempts, 0.5 s
-// then 1 s apart (a Retry-After up to 5 s wins), all under the same key. An
+// DefaultRetry is the retry policy Effect sets: three attempts per run, 0.5 s
+// then 1 s apart (a Retry-After up to 5 s wins), all under the same key; an
 // attempt that may have acted is retried only where the receiver
-// deduplicates by the key.
+// deduplicates by the key. After a run that gave up, the key waits 2 s,
+// doubling with each claim up to an hour (or the receiver's longer
+// Retry-After), before another run may try.
 var DefaultRetry = idempotency.RetryPolicy{
 	MaxAttempts:    3,
 	InitialBackoff: 500 * time.Millisecond,
 	MaxBackoff:     5 * time.Second,
+	RunBackoff:     2 * time.Second,
+	MaxRunBackoff:  time.Hour,
 }
 
 // resolved is a validated Config with its defaults filled in.
