@@ -474,3 +474,27 @@ func TestRefusesAnIncompleteTable(t *testing.T) {
 		})
 	}
 }
+
+// TestThePredicateReadCatchesWhatInsertProbesMiss is why guardtest reads the
+// index's predicate back from the catalog instead of relying on inserted
+// rows alone: some broken predicates let every probe row through. An extra
+// condition (rows with an empty promo code escape the guard) and a
+// predicate by exclusion (any new status, say 'pending_review', would be
+// guarded without anyone deciding it) pass every insert probe; only the
+// predicate read fails them.
+func TestThePredicateReadCatchesWhatInsertProbesMiss(t *testing.T) {
+	t.Parallel()
+	const idx = `CREATE UNIQUE INDEX uq_loyalty_discounts_active ON loyalty_discounts (user_id) `
+	for name, pred := range map[string]string{
+		"ExtraCondition": `WHERE status IN ('applied', 'skipped') AND promo_code <> ''`,
+		"ByExclusion":    `WHERE status NOT IN ('revoked', 'failed')`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			rec := requireFails(t, loyaltyCase(loyaltyTable, idx+pred), "predicate has a shape guardtest cannot read")
+			for _, e := range rec.errs {
+				require.Contains(t, e, "predicate", "only the predicate read fails this index: every insert probe passed")
+			}
+		})
+	}
+}
