@@ -1,11 +1,12 @@
 // Package magiclink sends one magic-link email per login request, through
 // an email provider that deduplicates by the Idempotency-Key header (as
 // Resend and Postmark do), reached with package httpeffect. It
-// demonstrates hazards 1, 17 and 5 of docs/hazards.md: the key is the
+// demonstrates hazards 1, 7 and 5 of docs/hazards.md: the key is the
 // login request, the one identity a double click and a retried handler
 // share and a new login request does not; the email's content (its token)
-// is fixed before the first call and never recomputed; and a crash after
-// the email went out is repaired by the provider's replay.
+// is fixed before the first call, so no retry sends the same key with
+// another payload; and a crash after the email went out is repaired by the
+// provider's replay. Storing the login request is hazard 4's statement.
 //
 // What it shows:
 //
