@@ -2,22 +2,29 @@
 // database is PostgreSQL: a partial unique index over the active rows
 // decides, under any concurrency, which worker may act.
 //
-// It holds three things:
+// It holds four things:
 //
-//   - Store, the ledger behind idempotency.Executor: claim with a lease and
-//     a fencing token, complete, release, fail, revoke, look up, list and
-//     settle stuck claims. It passes idempotency/storetest in every pgx
-//     query execution mode, the simple protocol (PgBouncer) included.
-//   - Migrate and MigrateTx, which create the ledger from the embedded
-//     plain SQL files (Migrations), safe to run at every start-up and from
-//     many processes at once; teams with their own migration tool copy the
-//     files instead.
+//   - Store, the ledger behind idempotency.Executor: an idempotency.Store
+//     (Claim, Transition, Lookup) and an idempotency.Operator (ListStuck,
+//     Settle, Revoke, History), plus RefusalLookup, CountStuck and Prune.
+//     It passes idempotency/storetest in every pgx query execution mode, the
+//     simple protocol (PgBouncer) included. Hooks that write the caller's
+//     domain row in the ledger's transaction get a pgx.Tx through TxFrom,
+//     or are written with the typed adapters OnComplete and OnFail.
+//   - Migrate and MigrateTx, which create or upgrade the ledger from the
+//     embedded plain SQL files (Migrations), safe to run at every start-up
+//     and from many processes at once; teams with their own migration tool
+//     copy the files instead.
 //   - A toolkit for teams' own domain tables guarded by a partial unique
 //     index (Guard): InsertOnce and InsertOnceRow (a unique violation on the
 //     guard's index means "already there", inside a transaction too),
 //     Exists and ExistingKeys (pre-flight checks, one query per batch),
 //     FetchActive, IsUniqueViolation, Guard.IndexDDL and
 //     Guard.OnConflictDoNothing.
+//   - Tools to clean up a table that already holds duplicates before its
+//     index can exist: Audit (the groups the index would reject, oldest
+//     first, in one query) and CreateIndexConcurrently (builds the index
+//     online, rebuilds an invalid one, refuses with the duplicates).
 //
 // # The flow of one effect
 //
@@ -29,36 +36,42 @@
 //
 // Each Run goes through these steps:
 //
-//  1. Claim (1 statement) inserts a pending record under the key, or
-//     returns the active record already there: applied or skipped (the
-//     stored result comes back and the provider is not called), pending
-//     under a live lease (in flight elsewhere), or pending and stuck.
+//  1. Claim (1 statement) inserts a record under the key, or meets the
+//     active record already there and decides by idempotency.Decide: done
+//     (the stored result comes back and the provider is not called), in
+//     flight elsewhere, not due, in doubt, or acquired (a takeover, or a
+//     reconciliation for an effect with Find).
 //  2. The provider is called with the key as its Idempotency-Key.
-//  3. Complete (1 statement) marks the record applied and stores the
-//     result, only if the claim's fencing token still matches. With an
-//     OnComplete hook, the hook's statements run in the same transaction.
-//  4. Retryable failures Release the claim (1 statement), permanent ones
-//     Fail it (1 statement, which frees the key).
+//  3. A Transition (1 statement) completes the record and stores the result
+//     and the attempts' evidence, only if the claim's fencing token still
+//     matches and the record is in a state completion may start from. With
+//     an OnComplete hook, the hook's statements run in the same transaction.
+//  4. A failed attempt is recorded the same way, by what the provider may
+//     have done: released (it did not act), unknown (retry under the same
+//     key), failed (refused, which frees the key) or in doubt.
 //
 // Round trips, counted with a pgx.QueryTracer in this package's tests: a
 // first-time effect costs 2 statements (claim, complete), a repeat 1 (the
 // claim returns the stored result), Lookup of any number of keys 1. A hook
 // adds BEGIN and COMMIT around its own statements; ExpiredRetryUncalled
-// effects add MarkCalling's 1.
+// effects add the mark-calling transition's 1.
 //
 // # The ledger table
 //
-// One row per claim lifecycle: key, namespace, status (pending, applied,
-// skipped, failed, revoked), payload fingerprint, result (bytea), fencing
-// token, attempts, lease_until, parked, call_started, reason and times. The
-// partial unique index <table>_active_key on (key) WHERE status IN
-// ('pending', 'applied', 'skipped') allows at most one active record per
-// key; failed and revoked records are exempt, so a key can be earned again.
-// Fencing tokens come from a sequence: every claim, first or takeover, gets
-// a value no earlier claim had, so a worker whose lease expired can neither
-// complete, nor release, nor fail a claim that was taken over. A CHECK
-// constraint makes an applied row without a result impossible, whoever
-// writes it.
+// One row per claim lifecycle: key, namespace, state (one of
+// idempotency.States; docs/state-machine.md draws them), the previous
+// state, payload fingerprint, result (bytea), fencing token, claims, the
+// provider-key generation, lease_until, due_at, dedup_until (when the
+// provider may forget the key, stored by the claim that starts it),
+// evidence (jsonb, the last ten attempts), reason and times. The partial
+// unique index <table>_active_key on (key) WHERE state NOT IN ('failed',
+// 'revoked') allows at most one active record per key; failed and revoked
+// records are exempt, so a key can be earned again. Fencing tokens come
+// from a sequence: every claim, first or takeover, gets a value no earlier
+// claim had, so a worker whose lease expired cannot change a record that
+// was taken over. A CHECK constraint makes an applied row without a result
+// impossible, whoever writes it. Version 1 ledgers are upgraded in place by
+// migration 002, every row keeping its meaning.
 //
 // # The claim statement
 //
@@ -66,23 +79,23 @@
 // snapshot:
 //
 //	WITH clock AS MATERIALIZED (SELECT <now>),
-//	cur AS (SELECT <the active row>, <takeover rule holds> AS free ...),
-//	ins AS (INSERT ... SELECT ... WHERE NOT EXISTS (SELECT FROM cur WHERE NOT free)
-//	        ON CONFLICT (key) WHERE status IN ('pending', 'applied', 'skipped')
-//	        DO UPDATE SET token = EXCLUDED.token, attempts = attempts + 1, ...
-//	        WHERE <takeover rule, on the locked latest row version>
+//	cur AS (SELECT <the active row>, <idempotency.Decide in SQL> AS verdict ...),
+//	ins AS (INSERT ... SELECT ... WHERE NOT EXISTS (SELECT FROM cur WHERE verdict does not acquire)
+//	        ON CONFLICT (key) WHERE state NOT IN ('failed', 'revoked')
+//	        DO UPDATE SET state = <the state the verdict moves it to>, token = EXCLUDED.token, claims = claims + 1, ...
+//	        WHERE <the verdict, on the locked latest row version> acquires
 //	        RETURNING ...)
-//	SELECT ..., true AS acquired FROM ins
-//	UNION ALL SELECT ..., false FROM cur WHERE NOT EXISTS (SELECT FROM ins)
+//	SELECT ..., <acquired or reconcile> FROM ins
+//	UNION ALL SELECT ..., verdict FROM cur WHERE NOT EXISTS (SELECT FROM ins)
 //
-// When the snapshot shows a record that may not be taken over (finished, or
-// under a live lease), the INSERT never runs: a repeat writes nothing and
-// takes no row lock, so repeats leave no dead tuples, no WAL, and never queue
-// behind each other. Otherwise the INSERT arbitrates through the unique
-// index; on a conflict, DO UPDATE locks the latest committed version of the
-// row and re-checks the takeover rule there, so two workers can never both
-// take over one claim. Its WHERE turns "not taken over" into a no-op instead
-// of an update.
+// When the snapshot shows a record the verdict does not acquire (finished,
+// held under a live lease, not due, in doubt), the INSERT never runs: a
+// repeat writes nothing and takes no row lock, so repeats leave no dead
+// tuples, no WAL, and never queue behind each other. Otherwise the INSERT
+// arbitrates through the unique index; on a conflict, DO UPDATE locks the
+// latest committed version of the row and decides again there, so two
+// workers can never both take over one claim. Its WHERE turns "not
+// acquired" into a no-op instead of an update.
 //
 // The alternatives weighed:
 //
@@ -98,7 +111,7 @@
 // This statement keeps the repeat path read-only and handles the snapshot
 // race explicitly: when the conflicting row committed after the snapshot,
 // the statement returns no row, or returns the snapshot's version of a row
-// that looked free although the takeover did not happen. Claim then re-runs
+// whose verdict acquired although the takeover did not happen. Claim then re-runs
 // it (a new statement has a new snapshot, and the competing transaction has
 // committed by the time a conflict is reported), at most 5 times in all,
 // then returns ErrClaimContention. The tests provoke this race with
@@ -107,8 +120,8 @@
 //
 // # Time
 //
-// Leases and dedup windows are computed in SQL from one "now" per
-// statement: the database's clock_timestamp() by default, which every
+// Leases, due times and dedup deadlines are computed in SQL from one "now"
+// per statement: the database's clock_timestamp() by default, which every
 // process shares, or Config.Now sent as a parameter (tests use a fake
 // clock).
 //
@@ -128,12 +141,14 @@
 //
 // Every method returns an error when its context is cancelled, its
 // statement times out, or its connection dies, and the ledger is left with
-// no record or with a pending record whose lease expires as usual: never an
-// applied record without a result, never a lost one. With pgx's default
-// context handling, cancelling a context closes the connection without
-// telling the server, so a statement waiting for a lock (a claim blocked by
-// a concurrent one) may still complete after the caller got its error:
-// that is a pending claim nobody holds, and it expires under its lease.
+// no record or with a held record whose lease expires as usual: never an
+// applied record without a result, never a lost one. (The executor calls
+// the store on a context the caller cannot cancel, so this concerns direct
+// callers.) With pgx's default context handling, cancelling a context
+// closes the connection without telling the server, so a statement waiting
+// for a lock (a claim blocked by a concurrent one) may still complete after
+// the caller got its error: that is a claim nobody holds, and it expires
+// under its lease.
 // Configure pgconn.CancelRequestContextWatcherHandler on the pool to have
 // the server cancel the statement instead. Errors wrap the context's error
 // when the context is done, whichever way pgx reports the cancellation.
