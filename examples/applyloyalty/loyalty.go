@@ -191,7 +191,9 @@ var revokeKeys = idempotency.KeySpace{Namespace: "loyalty.revoke", Version: 1}
 // cancelled): it deactivates the promotion code at Stripe under its own
 // idempotency key, then, in one transaction, marks the domain row revoked
 // and the ledger record revoked, which frees the user for a new
-// subscription's code. It returns pgx.ErrNoRows if the user has none.
+// subscription's code. It returns pgx.ErrNoRows if the user has none. A
+// row written before the ledger existed (by the old clock-keyed job) has no
+// ledger record; the row alone is revoked.
 func (p *Program) Revoke(ctx context.Context, userID, reason string) error {
 	var promoID, key string
 	err := p.db.QueryRow(ctx, `
@@ -218,6 +220,9 @@ func (p *Program) Revoke(ctx context.Context, userID, reason string) error {
 			return err
 		}
 		_, err = ledger.Revoke(ctx, key, reason)
+		if errors.Is(err, idempotency.ErrNotFound) {
+			return nil // a row from before the ledger: nothing to revoke there
+		}
 		return err
 	})
 }

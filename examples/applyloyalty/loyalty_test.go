@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
+	"github.com/stripe/stripe-go/v76"
 
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/idempotency/clocktest"
@@ -212,4 +213,26 @@ func TestAlreadyRewardedUserCostsNoStripeCall(t *testing.T) {
 	require.Equal(t, 10, rep.SavedByPreflight)
 	require.Zero(t, rep.ProviderCalls)
 	require.Equal(t, before, f.fake.RequestCount(), "no request reached Stripe")
+}
+
+// A row the old clock-keyed job wrote has no ledger record: revoking it
+// revokes the row (and deactivates its code), and does not fail on the
+// missing record.
+func TestRevokeARowWrittenBeforeTheLedger(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	f.subscribe(t, "bob", "sub_bob", "pro", asOf, 13)
+	pc, err := f.p.api.PromotionCodes.New(&stripe.PromotionCodeParams{Coupon: stripe.String(coupon), Customer: stripe.String("cus_bob")})
+	require.NoError(t, err)
+	_, err = f.pool.Exec(f.ctx, `INSERT INTO loyalty_discounts (user_id, subscription_id, milestone, promotion_code_id, code, status, idempotency_key)
+		VALUES ('bob', 'sub_bob', 12, $1, $2, 'applied', 'anniv-bob-20345')`, pc.ID, pc.Code)
+	require.NoError(t, err)
+
+	require.NoError(t, f.p.Revoke(f.ctx, "bob", "subscription cancelled"))
+	var status string
+	require.NoError(t, f.pool.QueryRow(f.ctx, `SELECT status FROM loyalty_discounts WHERE user_id = 'bob'`).Scan(&status))
+	require.Equal(t, "revoked", status)
+	got, err := f.p.api.PromotionCodes.Get(pc.ID, nil)
+	require.NoError(t, err)
+	require.False(t, got.Active)
 }
