@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -276,4 +277,30 @@ func TestBadSubmissionsWriteAndSendNothing(t *testing.T) {
 	require.Equal(t, 1, f.mail.count())
 	require.Len(t, f.loginRequests(t), 1)
 	require.True(t, strings.HasPrefix(f.mail.sentEmails()[0].To, "ada@"))
+}
+
+// Twenty submissions of one form at once: every one gets the row the first
+// stored, with its token (Start's ON CONFLICT DO UPDATE returns the stored
+// row, where DO NOTHING would return none).
+func TestConcurrentStartsShareOneToken(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	id := NewRequestID()
+	const n = 20
+	tokens := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			r, err := f.p.Start(f.ctx, id, "ada@example.com")
+			tokens[i], errs[i] = r.Token, err
+		})
+	}
+	wg.Wait()
+	require.NoError(t, errors.Join(errs...))
+	stored := f.storedToken(t, id)
+	for _, tok := range tokens {
+		require.Equal(t, stored, tok)
+	}
+	require.Len(t, f.loginRequests(t), 1)
 }
