@@ -80,6 +80,8 @@ type Affected struct {
 	Email string
 }
 
+// snippet:remediation-sweep-keys
+
 // DeactivateKey is the deactivation's key: the promotion code being revoked.
 func DeactivateKey(d Duplicate) (idempotency.Key, error) {
 	return DeactivateKeys.Key(idempotency.Str("promo", d.PromotionCodeID))
@@ -94,6 +96,8 @@ func CreditKey(a Affected) (idempotency.Key, error) {
 func ApologyKey(a Affected) (idempotency.Key, error) {
 	return ApologyKeys.Key(idempotency.Str("user", a.UserID), idempotency.Str("incident", a.Incident))
 }
+
+// end snippet
 
 // Mail is the email provider: POST Endpoint with a JSON Message and the key
 // in an Idempotency-Key header; the provider deduplicates by that key.
@@ -297,6 +301,7 @@ func (r *Remediation) request(ctx context.Context, a Affected) (*http.Request, e
 // left alone, and so is the user's anniversary key when it stands for the
 // code they keep: the user still holds their one bonus.
 func (r *Remediation) revokeRow(ctx context.Context, tx pgx.Tx, d Duplicate, _ stripeeffect.PromotionCodeResult) error {
+	// snippet:remediation-sweep-revoke
 	if _, err := tx.Exec(ctx, `
 		UPDATE loyalty_discounts SET status = 'revoked', revoked_at = now()
 		WHERE id = $1 AND status IN ('applied', 'skipped')`, d.DiscountID); err != nil {
@@ -323,6 +328,7 @@ func (r *Remediation) revokeRow(ctx context.Context, tx pgx.Tx, d Duplicate, _ s
 	}
 	_, err = ledger.Revoke(ctx, d.IdempotencyKey, "duplicate "+d.PromotionCodeID+" revoked ("+d.Incident+")")
 	return err
+	// end snippet
 }
 
 // checkIncident refuses an incident id that cannot be a key part, or that
