@@ -20,5 +20,6 @@
 //
 // Files: schema.sql (the migration), loyalty.go (candidates, the effect, the
 // tick, revocation), loyalty_test.go (integration tests on PostgreSQL and
-// the fake Stripe).
+// the fake Stripe). Package remediate, beside it, is the sweep that cleaned
+// up the incident's duplicates before the unique index could be built.
 package applyloyalty

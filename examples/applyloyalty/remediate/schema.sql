@@ -8,16 +8,18 @@
 -- a run under a mistyped incident id cannot plan the same users again and
 -- credit them twice.
 --
--- Run after applyloyalty's schema (the foreign keys).
+-- No foreign keys to loyalty_discounts: creating one locks that live table
+-- against writes until the transaction ends, and a dry run creates this
+-- table inside the transaction it rolls back.
 
 CREATE TABLE IF NOT EXISTS loyalty_remediations (
-    discount_id       bigint PRIMARY KEY REFERENCES loyalty_discounts (id), -- the duplicate, revoked
+    discount_id       bigint PRIMARY KEY,  -- loyalty_discounts.id of the duplicate, revoked
     incident_id       text NOT NULL,
     user_id           text NOT NULL,
-    customer_id       text NOT NULL,   -- the Stripe customer credited (the kept row's subscription)
-    promotion_code_id text NOT NULL,   -- the duplicate's code, deactivated at Stripe
+    customer_id       text NOT NULL,       -- the Stripe customer credited (the kept row's subscription)
+    promotion_code_id text NOT NULL,       -- the duplicate's code, deactivated at Stripe
     code              text NOT NULL,
-    kept_discount_id  bigint NOT NULL REFERENCES loyalty_discounts (id),
+    kept_discount_id  bigint NOT NULL,     -- loyalty_discounts.id of the row kept
     kept_code         text NOT NULL,
     planned_at        timestamptz NOT NULL DEFAULT now()
 );
