@@ -38,17 +38,22 @@ import (
 // AlreadyApplied, Skipped, Reconciled and InFlight, and otherwise matches
 // the outcome's sentinel (see Outcome) or is the store's error.
 func Run[In, Out any](ctx context.Context, x *Executor, e *Effect[In, Out], in In) (Result[Out], error) {
-	start := time.Now()
 	r := &runner[In, Out]{x: x, e: e, in: in}
+	return r.runAndReport(ctx)
+}
+
+// runAndReport runs r and reports the finished run to the executor.
+func (r *runner[In, Out]) runAndReport(ctx context.Context) (Result[Out], error) {
+	start := time.Now()
 	res, err := r.run(ctx)
 	res.Err = err
 	res.LostResult = r.lost
-	if x != nil {
+	if r.x != nil {
 		name := ""
-		if e != nil {
-			name = e.Name
+		if r.e != nil {
+			name = r.e.Name
 		}
-		x.report(ctx, Event{Effect: name, Namespace: res.Key.Namespace(), Key: res.Key, Outcome: res.Outcome,
+		r.x.report(ctx, Event{Effect: name, Namespace: res.Key.Namespace(), Key: res.Key, Outcome: res.Outcome,
 			Calls: res.Calls, Attempts: res.Attempts, Reconciled: res.Reconciled, LostResult: r.lost, Err: err, Start: start, Duration: time.Since(start)})
 	}
 	return res, err
@@ -68,6 +73,12 @@ type runner[In, Out any] struct {
 	res   Result[Out]
 	// lost is a provider success the ledger could not record, for the log.
 	lost []byte
+
+	// given, when set, is a claim made ahead of the run (RunClaimed): the
+	// run starts from it instead of claiming. claimedAt is when, on the
+	// executor's clock, the store answered that claim; zero means just now.
+	given     *Claim
+	claimedAt time.Time
 
 	// The attempt under way (see attempt).
 	obs     observer
@@ -105,13 +116,22 @@ func (r *runner[In, Out]) run(ctx context.Context) (Result[Out], error) {
 	}
 	r.pol = r.pol.withDefaults()
 
-	if err := ctx.Err(); err != nil {
-		return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: before the claim: %w", r.e.Name, err))
-	}
-	r.bg = context.WithoutCancel(ctx)
-	claim, err := r.x.store.Claim(r.bg, r.e.claimRequest(key, fp, r.lease))
-	if err != nil {
-		return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: claim: %w", r.e.Name, err))
+	var claim Claim
+	if r.given != nil {
+		// RunClaimed: a claim held already is never left behind unanswered,
+		// so a done ctx is handled by the attempt (released, not acted).
+		if claim = *r.given; claim.Record.Key != key.String() {
+			return r.invalid(fmt.Errorf("%w: %s: the claim given is for another key", ErrInvalidEffect, r.e.Name))
+		}
+		r.bg = context.WithoutCancel(ctx)
+	} else {
+		if err := ctx.Err(); err != nil {
+			return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: before the claim: %w", r.e.Name, err))
+		}
+		r.bg = context.WithoutCancel(ctx)
+		if claim, err = r.x.store.Claim(r.bg, r.e.claimRequest(key, fp, r.lease)); err != nil {
+			return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: claim: %w", r.e.Name, err))
+		}
 	}
 	r.res.Record = claim.Record
 	rec := claim.Record
@@ -313,8 +333,13 @@ func (r *runner[In, Out]) callDeadline(rec Record) time.Time {
 		return time.Time{}
 	}
 	// rec.UpdatedAt is the store's "now" at the claim: measure what is
-	// left of the window on the executor's clock.
-	return r.x.now().Add(d.Sub(rec.UpdatedAt))
+	// left of the window on the executor's clock, from when the store
+	// answered (a claim made ahead of the run is older than now).
+	at := r.claimedAt
+	if at.IsZero() {
+		at = r.x.now()
+	}
+	return at.Add(d.Sub(rec.UpdatedAt))
 }
 
 func (r *runner[In, Out]) evidence(gen int, class AttemptClass, obs Observation, err error) Attempt {
@@ -552,5 +577,6 @@ func (r *runner[In, Out]) reconcile(ctx context.Context, rec Record) (Result[Out
 	if err != nil {
 		return r.fail(OutcomeError, fmt.Errorf("idempotency: %s: resend: %w", r.e.Name, err))
 	}
+	r.claimedAt = time.Time{} // the new generation's window starts now
 	return r.execute(ctx, next)
 }

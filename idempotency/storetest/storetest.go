@@ -15,8 +15,10 @@
 // cases, state by request by verdict (verdicts.go); every row of the
 // transition table, allowed and refused (transitions.go); claims under
 // concurrency and their bookkeeping (claims.go); hooks and the recovery of
-// a lost completion (hooks.go); the optional Operator (operator.go); and
-// the executor end to end on the store (executor.go).
+// a lost completion (hooks.go); the optional Operator (operator.go); the
+// executor end to end on the store (executor.go); and the optional
+// BatchStore, through the same verdict and transition tables and mixed
+// batches (batch.go).
 package storetest
 
 import (
@@ -132,6 +134,7 @@ func Run(t *testing.T, f Factory) {
 	all = append(all, hookCases...)
 	all = append(all, operatorCases...)
 	all = append(all, executorCases...)
+	all = append(all, batchCases...)
 	for _, tc := range all {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
