@@ -137,7 +137,9 @@ func TestGroupCommitSameKeyInOneGroupCallsOnce(t *testing.T) {
 	eff := refundEffect(p)
 	in := refund{Order: "o", Request: "r", Amount: 100}
 
-	res := runAll(t, 4, func(int) (idempotency.Result[string], error) { return idempotency.Run(context.Background(), x, eff, in) })
+	res := runAll(t, 4, func(int) (idempotency.Result[string], error) {
+		return idempotency.Run(context.Background(), x, eff, in)
+	})
 	outcomes := map[idempotency.Outcome]int{}
 	for _, r := range res {
 		outcomes[r.Outcome]++
