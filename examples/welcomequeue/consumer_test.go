@@ -15,6 +15,7 @@ import (
 	"github.com/effectonce/effectonce/examples/welcomequeue"
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/idempotency/clocktest"
+	"github.com/effectonce/effectonce/idempotency/httpeffect/httpfake"
 	"github.com/effectonce/effectonce/pgguard"
 	"github.com/effectonce/effectonce/pgtest"
 )
@@ -64,7 +65,7 @@ type fixture struct {
 	pool     *pgxpool.Pool
 	ledger   *pgguard.Store
 	clock    *clocktest.Clock
-	mail     *mailAPI
+	mail     *httpfake.Receiver
 	queue    chan welcomequeue.Delivery
 	settled  chan settlement
 	consumer *welcomequeue.Consumer
@@ -73,8 +74,12 @@ type fixture struct {
 func setup(t *testing.T, workers int) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	f := &fixture{pool: pgtest.Pool(t), clock: clocktest.New(), mail: newMailAPI(t),
-		queue: make(chan welcomequeue.Delivery), settled: make(chan settlement, 64)}
+	f := &fixture{pool: pgtest.Pool(t), clock: clocktest.New(), queue: make(chan welcomequeue.Delivery), settled: make(chan settlement, 64)}
+	// The mail API deduplicates by Idempotency-Key, as the real one does:
+	// a key it has sent under is answered with the first answer again
+	// (Idempotent-Replayed: true), and nothing is sent.
+	f.mail = httpfake.New(&httpfake.Config{Respond: mailAPIRespond})
+	t.Cleanup(f.mail.Close) // after the consumer has stopped
 	require.NoError(t, welcomequeue.Migrate(ctx, f.pool))
 	var err error
 	f.ledger, err = pgguard.New(f.pool, &pgguard.Config{Now: f.clock.Now})
@@ -85,7 +90,7 @@ func setup(t *testing.T, workers int) *fixture {
 		Sleep: func(ctx context.Context, d time.Duration) error { f.clock.Advance(d); return ctx.Err() },
 	})
 	require.NoError(t, err)
-	f.consumer = &welcomequeue.Consumer{Exec: exec, Effect: welcomequeue.NewEffect(f.mail.srv.URL, nil), Workers: workers}
+	f.consumer = &welcomequeue.Consumer{Exec: exec, Effect: welcomequeue.NewEffect(f.mail.URL(), nil), Workers: workers}
 	stopped := make(chan error, 1)
 	go func() { stopped <- f.consumer.Run(ctx, f.queue) }()
 	t.Cleanup(func() {
@@ -112,6 +117,20 @@ func (f *fixture) next(t *testing.T) settlement {
 		t.Fatal("no delivery was settled within 30s")
 		return settlement{}
 	}
+}
+
+// mailAPIRespond is the mail API's own check of a request that would send:
+// a body that is not an Email is refused, and so is the address
+// nobody@invalid (400, nothing sent).
+func mailAPIRespond(r *httpfake.Request) (int, []byte) {
+	var e welcomequeue.Email
+	if json.Unmarshal(r.Body, &e) != nil || e.To == "" {
+		return http.StatusBadRequest, []byte(`{"error":"not an email"}`)
+	}
+	if e.To == "nobody@invalid" {
+		return http.StatusBadRequest, []byte(`{"error":"address refused"}`)
+	}
+	return 0, nil // sent: 200 {"id":"eff_001"}
 }
 
 func wait(t *testing.T, c <-chan struct{}, what string) {
@@ -158,19 +177,10 @@ func (f *fixture) rows(t *testing.T) [][3]string {
 
 func TestRedeliveryWhileAnotherWorkerHoldsTheClaimIsNackedAndTheEmailIsSentOnce(t *testing.T) {
 	f := setup(t, 2)
-	arrived, release := make(chan struct{}), make(chan struct{})
-	var failing atomic.Bool
-	failing.Store(true)
-	f.mail.setAnswer(func(n int, key string, e welcomequeue.Email) int {
-		if n == 1 { // worker 1's first request: held until the redelivery is settled
-			close(arrived)
-			<-release
-		}
-		if failing.Load() {
-			return http.StatusServiceUnavailable // refused before acting
-		}
-		return 0
-	})
+	// Worker 1's first request: held until the redelivery is settled.
+	arrived, release := f.mail.HoldNext()
+	// Then 503, refused before acting, on all three in-run attempts.
+	f.mail.AnswerNext(http.StatusServiceUnavailable, http.StatusServiceUnavailable, http.StatusServiceUnavailable)
 	m := message(t, "m1", "u1", "ada@example.com")
 
 	f.deliver(t, m)
@@ -181,26 +191,26 @@ func TestRedeliveryWhileAnotherWorkerHoldsTheClaimIsNackedAndTheEmailIsSentOnce(
 	s := f.next(t)
 	require.Equal(t, "nack", s.action, "a delivery in flight elsewhere must not be acked: %+v", s)
 	require.Equal(t, welcomequeue.Lease, s.delay, "retried after the holder's lease")
-	require.Zero(t, f.mail.requests()-1, "the redelivery made no request")
+	require.Zero(t, f.mail.Requests()-1, "the redelivery made no request")
 
 	// Worker 1's request fails: 503 on all three in-run attempts. Its
 	// claim is released and its delivery nacked.
-	close(release)
+	release()
 	s = f.next(t)
 	require.Equal(t, "nack", s.action, "%+v", s)
 	require.Positive(t, s.delay, "released with the effect's backoff between runs")
-	require.Equal(t, 3, f.mail.requests())
-	require.Zero(t, f.mail.emails())
+	require.Equal(t, 3, f.mail.Requests())
+	require.Zero(t, f.mail.Effects())
 	require.Equal(t, idempotency.StateReleased, f.history(t, "u1")[0].State)
 
-	// The mail API recovers. A broker that redelivers before the delay is
-	// told to wait again (not due), with no request.
-	failing.Store(false)
+	// The mail API recovers (its script is used up). A broker that
+	// redelivers before the delay is told to wait again (not due), with no
+	// request.
 	f.deliver(t, m)
 	early := f.next(t)
 	require.Equal(t, "nack", early.action, "%+v", early)
 	require.InDelta(t, s.delay, early.delay, float64(time.Microsecond), "the same due time")
-	require.Equal(t, 3, f.mail.requests())
+	require.Equal(t, 3, f.mail.Requests())
 
 	// Redelivered once due: the email goes out.
 	f.clock.Advance(early.delay)
@@ -210,8 +220,8 @@ func TestRedeliveryWhileAnotherWorkerHoldsTheClaimIsNackedAndTheEmailIsSentOnce(
 	f.deliver(t, m)
 	require.Equal(t, settlement{msg: "m1", action: "ack"}, f.next(t))
 
-	require.Equal(t, 1, f.mail.emails(), "one welcome email")
-	require.Equal(t, 4, f.mail.requests(), "3 refused attempts, 1 send, none for the early and the late redelivery")
+	require.Equal(t, 1, f.mail.Effects(), "one welcome email")
+	require.Equal(t, 4, f.mail.Requests(), "3 refused attempts, 1 send, none for the early and the late redelivery")
 	recs := f.history(t, "u1")
 	require.Len(t, recs, 1)
 	require.Equal(t, idempotency.StateApplied, recs[0].State)
@@ -220,18 +230,12 @@ func TestRedeliveryWhileAnotherWorkerHoldsTheClaimIsNackedAndTheEmailIsSentOnce(
 
 func TestPermanentRefusalIsDeadLettered(t *testing.T) {
 	f := setup(t, 2)
-	f.mail.setAnswer(func(n int, key string, e welcomequeue.Email) int {
-		if e.To == "nobody@invalid" {
-			return http.StatusBadRequest // the API refuses the address
-		}
-		return 0
-	})
-	f.deliver(t, message(t, "m1", "u1", "nobody@invalid"))
+	f.deliver(t, message(t, "m1", "u1", "nobody@invalid")) // the API refuses the address
 	s := f.next(t)
 	require.Equal(t, "dead_letter", s.action, "%+v", s)
 	require.Contains(t, s.reason, "permanent: ")
-	require.Equal(t, 1, f.mail.requests(), "a refusal is not retried in-run")
-	require.Zero(t, f.mail.emails())
+	require.Equal(t, 1, f.mail.Requests(), "a refusal is not retried in-run")
+	require.Zero(t, f.mail.Effects())
 	recs := f.history(t, "u1")
 	require.Len(t, recs, 1)
 	require.Equal(t, idempotency.StateFailed, recs[0].State, "the refusal is recorded; the key is free")
@@ -249,21 +253,15 @@ func TestMismatchIsDeadLettered(t *testing.T) {
 	s := f.next(t)
 	require.Equal(t, "dead_letter", s.action, "%+v", s)
 	require.Contains(t, s.reason, "mismatch: ")
-	require.Equal(t, 1, f.mail.emails())
-	require.Equal(t, 1, f.mail.requests())
+	require.Equal(t, 1, f.mail.Effects())
+	require.Equal(t, 1, f.mail.Requests())
 	require.Equal(t, [][3]string{{"u1", "ada@example.com", "sent"}}, f.rows(t))
 }
 
 func TestTwentyConcurrentDeliveriesSendOneEmail(t *testing.T) {
 	const n = 20
 	f := setup(t, n)
-	release := make(chan struct{})
-	f.mail.setAnswer(func(i int, key string, e welcomequeue.Email) int {
-		if i == 1 { // the claim's winner: held until every other delivery is settled
-			<-release
-		}
-		return 0
-	})
+	_, release := f.mail.HoldNext() // the claim's winner: held until every other delivery is settled
 	m := message(t, "m1", "u1", "ada@example.com")
 	go func() {
 		for range n {
@@ -275,7 +273,7 @@ func TestTwentyConcurrentDeliveriesSendOneEmail(t *testing.T) {
 		s := f.next(t)
 		require.Equal(t, settlement{msg: "m1", action: "nack", delay: welcomequeue.Lease}, s)
 	}
-	close(release)
+	release()
 	require.Equal(t, settlement{msg: "m1", action: "ack"}, f.next(t), "the winner sent the email")
 	// The broker redelivers the 19: each is acked from the ledger.
 	go func() {
@@ -286,8 +284,8 @@ func TestTwentyConcurrentDeliveriesSendOneEmail(t *testing.T) {
 	for range n - 1 {
 		require.Equal(t, settlement{msg: "m1", action: "ack"}, f.next(t))
 	}
-	require.Equal(t, 1, f.mail.emails(), "one email for 39 deliveries")
-	require.Equal(t, 1, f.mail.requests(), "one request: every other delivery stopped at the claim or the record")
+	require.Equal(t, 1, f.mail.Effects(), "one email for 39 deliveries")
+	require.Equal(t, 1, f.mail.Requests(), "one request: every other delivery stopped at the claim or the record")
 	require.Len(t, f.rows(t), 1)
 }
 
@@ -302,7 +300,7 @@ func TestUnusableMessagesAreDeadLettered(t *testing.T) {
 	s = f.next(t)
 	require.Equal(t, "dead_letter", s.action)
 	require.Contains(t, s.reason, "invalid: ")
-	require.Zero(t, f.mail.requests())
+	require.Zero(t, f.mail.Requests())
 }
 
 func TestRunReturnsWhenTheContextIsDone(t *testing.T) {

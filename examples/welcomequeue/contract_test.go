@@ -12,6 +12,7 @@ import (
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/idempotency/effecttest"
 	"github.com/effectonce/effectonce/idempotency/httpeffect"
+	"github.com/effectonce/effectonce/idempotency/httpeffect/httpfake"
 	"github.com/effectonce/effectonce/pgguard"
 	"github.com/effectonce/effectonce/pgguard/guardtest"
 	"github.com/effectonce/effectonce/pgtest"
@@ -20,13 +21,14 @@ import (
 // The two contract tests every team adds for its own effect and table.
 
 func TestWelcomeEmailContract(t *testing.T) {
-	mail := newMailAPI(t)
+	mail := httpfake.New(&httpfake.Config{Respond: mailAPIRespond}) // deduplicates by Idempotency-Key, as the real mail API does
+	defer mail.Close()
 	pool := pgtest.Pool(t)
 	require.NoError(t, welcomequeue.Migrate(context.Background(), pool))
 	inputs := []welcomequeue.Signup{{UserID: "u1", Email: "a@example.com"}, {UserID: "u2", Email: "b@example.com"},
 		{UserID: "u3", Email: "c@example.com"}, {UserID: "u4", Email: "d@example.com"}}
 	ok := effecttest.Run(t, effecttest.Case[welcomequeue.Signup, httpeffect.Response]{
-		Effect: welcomequeue.NewEffect(mail.srv.URL, nil),
+		Effect: welcomequeue.NewEffect(mail.URL(), nil),
 		Inputs: inputs,
 		Mutate: func(s welcomequeue.Signup) welcomequeue.Signup { s.Email = "other+" + s.Email; return s },
 		NewStore: func(now func() time.Time) idempotency.Store {
@@ -34,10 +36,10 @@ func TestWelcomeEmailContract(t *testing.T) {
 			require.NoError(t, err)
 			return ledger
 		},
-		Effects: mail.emails, // distinct keys: the crash case's takeover is replayed, not sent again
+		Effects: mail.Effects, // distinct effects: the crash case's takeover is replayed, not sent again
 	})
 	require.True(t, ok)
-	require.Equal(t, len(inputs), mail.emails())
+	require.Equal(t, len(inputs), mail.Effects())
 	var rows int
 	require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FROM welcome_emails WHERE status = 'sent'`).Scan(&rows))
 	require.Equal(t, len(inputs), rows, "one welcome_emails row per user, written with the record")
