@@ -59,9 +59,9 @@ func TestThresholdNoticeEffectContract(t *testing.T) {
 			require.NoError(t, err)
 			return s
 		},
-		Effects: f.mail.count,
+		Effects: f.mail.Effects, // emails sent, not requests
 	})
 	require.True(t, ok)
-	require.Equal(t, len(inputs), f.mail.count(), "one email per payee-year")
+	require.Equal(t, len(inputs), f.mail.Effects(), "one email per payee-year")
 	require.Len(t, f.notices(t), len(inputs), "one threshold_notices row per payee-year")
 }

@@ -95,7 +95,7 @@ func TestCrossingTheThresholdTwiceInAYearSendsOneNotice(t *testing.T) {
 	require.Equal(t, 3, rep.Candidates)
 	require.Equal(t, 2, rep.Outcomes[idempotency.OutcomeApplied])
 	require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeSkipped])
-	require.Equal(t, 2, f.mail.count(), "alice and carol emailed; dave has no address")
+	require.Equal(t, 2, f.mail.Effects(), "alice and carol emailed; dave has no address")
 	require.Equal(t, []notice{
 		{"alice", 2025, "sent", f.mail.onlyIDTo(t, "alice@example.com"), 65000},
 		{"carol", 2025, "sent", f.mail.onlyIDTo(t, "carol@example.com"), 60000},
@@ -109,21 +109,21 @@ func TestCrossingTheThresholdTwiceInAYearSendsOneNotice(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, rep.Candidates, "only bob: alice, carol and dave hold an active notice for 2025")
 	require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeApplied])
-	require.Equal(t, 3, f.mail.count())
+	require.Equal(t, 3, f.mail.Effects())
 	require.Len(t, f.mail.sentTo("alice@example.com"), 1)
 	require.Len(t, f.mail.sentTo("bob@example.com"), 1)
 
 	// Fed alice again with her new total (a buggy candidate query), the
 	// ledger's pre-flight stops her before the provider: the total is not
 	// part of the fingerprint, so this is a repeat, not a mismatch.
-	requests, _, _ := f.mail.stats()
+	requests := f.mail.Requests()
 	rep, err = sweep.Run(f.ctx, f.p.Executor(), f.p.Effect(), sweep.Slice([]Candidate{
 		{PayeeID: "alice", TaxYear: 2025, Name: "Payee alice", Email: "alice@example.com", YearTotalCents: 105000},
 	}), nil)
 	require.NoError(t, err)
 	require.Equal(t, 1, rep.SavedByPreflight)
 	require.Zero(t, rep.ProviderCalls)
-	after, _, _ := f.mail.stats()
+	after := f.mail.Requests()
 	require.Equal(t, requests, after, "no request reached the provider")
 	require.Len(t, f.notices(t), 4)
 }
@@ -177,7 +177,7 @@ func TestYearEndTicksAgreeOnTheKey(t *testing.T) {
 	dec31, err := f.p.Candidates(f.ctx)
 	require.NoError(t, err)
 	require.Len(t, dec31, 1)
-	entered, release := f.mail.holdNext(t)
+	entered, release := f.mail.HoldNext()
 	var lateRep sweep.Report
 	var lateErr error
 	done := make(chan struct{})
@@ -213,7 +213,7 @@ func TestYearEndTicksAgreeOnTheKey(t *testing.T) {
 	rep, err = f.p.Tick(f.ctx)
 	require.NoError(t, err)
 	require.Zero(t, rep.Candidates)
-	require.Equal(t, 1, f.mail.count())
+	require.Equal(t, 1, f.mail.Effects())
 	require.Equal(t, []notice{{"alice", 2025, "sent", "msg_001", 60000}}, f.notices(t))
 }
 
@@ -248,15 +248,14 @@ func TestOverlappingTicksSendOneNoticePerPayee(t *testing.T) {
 	_, err := f.p.Tick(f.ctx)
 	require.NoError(t, err)
 
-	require.Equal(t, payees, f.mail.count(), "emails really sent")
+	require.Equal(t, payees, f.mail.Effects(), "emails really sent")
 	require.EqualValues(t, payees, calls.Load(), "the claim stops the other ticks before the provider")
 	require.Len(t, f.notices(t), payees)
 	for i := range payees {
 		require.Len(t, f.mail.sentTo(fmt.Sprintf("p%02d@example.com", i)), 1)
 	}
-	_, withoutKey, replays := f.mail.stats()
-	require.Zero(t, withoutKey)
-	require.Zero(t, replays, "no second request for any key")
+	require.Empty(t, f.mail.RequestsFor(""), "every request carried a key")
+	require.Zero(t, f.mail.Replays(), "no second request for any key")
 }
 
 func TestCrashAfterTheEmailIsRepairedByTheProviderReplay(t *testing.T) {
@@ -276,7 +275,7 @@ func TestCrashAfterTheEmailIsRepairedByTheProviderReplay(t *testing.T) {
 	rep, err := f.p.Tick(f.ctx)
 	require.NoError(t, err)
 	require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeError])
-	require.Equal(t, 3, f.mail.count(), "p2's email went out")
+	require.Equal(t, 3, f.mail.Effects(), "p2's email went out")
 	require.Len(t, f.notices(t), 2, "the crash lost p2's row")
 	first := f.mail.sentTo("p2@example.com")[0]
 
@@ -292,9 +291,8 @@ func TestCrashAfterTheEmailIsRepairedByTheProviderReplay(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeApplied])
 	require.Equal(t, 1, rep.ProviderCalls)
-	require.Equal(t, 3, f.mail.count(), "one email for p2, not two")
-	_, _, replays := f.mail.stats()
-	require.Equal(t, 1, replays)
+	require.Equal(t, 3, f.mail.Effects(), "one email for p2, not two")
+	require.Equal(t, 1, f.mail.Replays())
 	require.Contains(t, f.notices(t), notice{"p2", 2025, "sent", first.ID, 60000}, "the row carries the first message's id")
 }
 
@@ -306,21 +304,21 @@ func TestCrashPastTheProviderWindowWaitsForReconciliation(t *testing.T) {
 	f.p.beforeRecord = func(Candidate) error { return errors.New("worker killed after the provider answered") }
 	_, err := f.p.Tick(f.ctx)
 	require.NoError(t, err)
-	require.Equal(t, 1, f.mail.count())
+	require.Equal(t, 1, f.mail.Effects())
 	f.p.beforeRecord = nil
 
 	// The ticks stopped for a day: the provider forgot the key, so a retry
 	// would send a second email. The claim is parked instead.
 	f.clock.Advance(DedupWindow + time.Hour)
 	key, _ := Key(Candidate{PayeeID: "p1", TaxYear: 2025})
-	require.False(t, f.mail.remembers(key.String()))
+	require.False(t, f.mail.Remembers(key.String()))
 	rep, err := f.p.Tick(f.ctx)
 	require.NoError(t, err)
 	require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeNeedsReconciliation])
 	require.Zero(t, rep.ProviderCalls)
 	require.Len(t, rep.Failures, 1)
 	require.ErrorIs(t, rep.Failures[0].Err, idempotency.ErrNeedsReconciliation)
-	require.Equal(t, 1, f.mail.count(), "no second email")
+	require.Equal(t, 1, f.mail.Effects(), "no second email")
 	require.Empty(t, f.notices(t))
 
 	stuck, err := f.p.Executor().Store().(idempotency.Operator).ListStuck(f.ctx, idempotency.ListStuckRequest{Namespace: Keys.Namespace})
@@ -339,7 +337,7 @@ func TestRefusedAddressIsRecordedFailedUntilTheAddressChanges(t *testing.T) {
 	rep, err := f.p.Tick(f.ctx)
 	require.NoError(t, err)
 	require.Equal(t, 1, rep.Outcomes[idempotency.OutcomePermanent])
-	require.Zero(t, f.mail.count())
+	require.Zero(t, f.mail.Effects())
 	require.Equal(t, []notice{{"erin", 2025, "failed", "", 80000}}, f.notices(t))
 	key, _ := Key(Candidate{PayeeID: "erin", TaxYear: 2025})
 	active, err := f.p.Executor().Store().Lookup(f.ctx, []string{key.String()})
@@ -347,11 +345,11 @@ func TestRefusedAddressIsRecordedFailedUntilTheAddressChanges(t *testing.T) {
 	require.Empty(t, active, "the ledger record is failed, which frees the key")
 
 	// The next tick leaves erin alone: no request for a refused address.
-	requests, _, _ := f.mail.stats()
+	requests := f.mail.Requests()
 	rep, err = f.p.Tick(f.ctx)
 	require.NoError(t, err)
 	require.Zero(t, rep.Candidates)
-	after, _, _ := f.mail.stats()
+	after := f.mail.Requests()
 	require.Equal(t, requests, after)
 
 	// Her address is fixed: the same key, a new message, one email.
