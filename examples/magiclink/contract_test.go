@@ -63,12 +63,12 @@ func TestMagicLinkEffectContract(t *testing.T) {
 			require.NoError(t, err)
 			return s
 		},
-		Effects: f.mail.count,
+		Effects: f.mail.Effects, // emails sent, not requests
 		Clock:   f.clock, // the provider's window reads it too
 		Config:  &idempotency.Config{Sleep: fakeSleep(f.clock)},
 	})
 	require.True(t, ok)
-	require.Equal(t, len(inputs), f.mail.count(), "one email per login request")
+	require.Equal(t, len(inputs), f.mail.Effects(), "one email per login request")
 	require.Len(t, f.emailRows(t), len(inputs), "one login_emails row per login request")
 	for i, e := range f.mail.sentEmails() {
 		require.Equal(t, inputs[indexOf(inputs, e.Key)].Token, tokenIn(t, e.Message), "email %d carries its stored token", i)

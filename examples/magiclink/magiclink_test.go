@@ -116,7 +116,7 @@ func TestDoubleClickSendsOneEmail(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	id := NewRequestID()
-	entered, release := f.mail.holdNext(t)
+	entered, release := f.mail.HoldNext()
 	first := make(chan answer, 1)
 	go func() {
 		defer close(first)
@@ -145,7 +145,7 @@ func TestDoubleClickSendsOneEmail(t *testing.T) {
 	third := f.submit(t, id, "ada@example.com")
 	require.Equal(t, http.StatusOK, third.Status)
 	require.Len(t, f.mail.received(), 1, "one request reached the provider")
-	require.Equal(t, 1, f.mail.count())
+	require.Equal(t, 1, f.mail.Effects())
 	require.Equal(t, stored, tokenIn(t, f.mail.sentEmails()[0].Message))
 	require.Len(t, f.loginRequests(t), 1)
 	require.Equal(t, []emailRow{{id, "sent", "msg_001"}}, f.emailRows(t))
@@ -194,7 +194,7 @@ func TestRetryAfterTheEmailWentOutMailsTheStoredToken(t *testing.T) {
 	res, err := f.p.RequestLink(f.ctx, id, "ada@example.com")
 	require.Error(t, err)
 	require.Equal(t, idempotency.OutcomeError, res.Outcome)
-	require.Equal(t, 1, f.mail.count())
+	require.Equal(t, 1, f.mail.Effects())
 	f.p.beforeRecord = nil
 	stored := f.storedToken(t, id)
 
@@ -203,8 +203,8 @@ func TestRetryAfterTheEmailWentOutMailsTheStoredToken(t *testing.T) {
 
 	f.clock.Advance(Lease + time.Second)
 	require.Equal(t, http.StatusOK, f.submit(t, id, "ada@example.com").Status)
-	require.Equal(t, 1, f.mail.count(), "one email")
-	require.Equal(t, 1, f.mail.replayCount(), "the retry was answered with the first email")
+	require.Equal(t, 1, f.mail.Effects(), "one email")
+	require.Equal(t, 1, f.mail.Replays(), "the retry was answered with the first email")
 	received := f.mail.received()
 	require.Len(t, received, 2)
 	for _, r := range received {
@@ -227,11 +227,11 @@ func TestProviderDownThenTickSendsTheStoredLink(t *testing.T) {
 	f.clock.Advance(DefaultTTL) // stale's link has expired, unsent
 
 	id := NewRequestID()
-	f.mail.unavailableNext(30)
+	f.mail.AnswerNext(http.StatusServiceUnavailable) // with Retry-After: 30
 	a := f.submit(t, id, "ada@example.com")
 	require.Equal(t, http.StatusServiceUnavailable, a.Status)
 	require.Equal(t, "30", a.RetryAfter)
-	require.Zero(t, f.mail.count())
+	require.Zero(t, f.mail.Effects())
 
 	// Not due yet: the tick makes no request.
 	rep, err := f.p.Tick(f.ctx)
@@ -251,7 +251,7 @@ func TestProviderDownThenTickSendsTheStoredLink(t *testing.T) {
 
 	// The user clicks again after the tick sent it: nothing more.
 	require.Equal(t, http.StatusOK, f.submit(t, id, "ada@example.com").Status)
-	require.Equal(t, 1, f.mail.count())
+	require.Equal(t, 1, f.mail.Effects())
 	rep, err = f.p.Tick(f.ctx)
 	require.NoError(t, err)
 	require.Zero(t, rep.Candidates)
@@ -274,7 +274,7 @@ func TestBadSubmissionsWriteAndSendNothing(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, http.StatusGone, f.submit(t, id, "ada@example.com").Status)
 
-	require.Equal(t, 1, f.mail.count())
+	require.Equal(t, 1, f.mail.Effects())
 	require.Len(t, f.loginRequests(t), 1)
 	require.True(t, strings.HasPrefix(f.mail.sentEmails()[0].To, "ada@"))
 }
