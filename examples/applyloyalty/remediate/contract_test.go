@@ -93,9 +93,9 @@ func TestApologyEffectContract(t *testing.T) {
 		Inputs:   affectedInputs(),
 		Mutate:   func(a Affected) Affected { a.Email = "other-" + a.Email; return a }, // same user and incident, another address
 		NewStore: f.newStore(t),
-		// The provider deduplicates by key: count the keys it sent for,
+		// The provider deduplicates by key: count the emails it sent,
 		// never its requests (a takeover's replay is a request too).
-		Effects: f.mail.distinctKeys,
+		Effects: f.mail.Effects,
 		Clock:   f.clock,
 	})
 	require.True(t, ok)

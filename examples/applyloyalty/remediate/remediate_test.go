@@ -267,7 +267,7 @@ func (f *fixture) calls() calls {
 	return calls{
 		deactivate: f.fake.Calls(stripefake.OpUpdate, stripefake.KindPromotionCode),
 		credit:     f.fake.Calls(stripefake.OpCreate, stripefake.KindCustomerBalanceTransaction),
-		mail:       f.mail.requestCount(),
+		mail:       f.mail.Requests(),
 		stripe:     f.fake.RequestCount(),
 	}
 }
