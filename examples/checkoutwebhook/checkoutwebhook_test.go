@@ -227,12 +227,12 @@ func TestRejectedRequestsGet400AndTouchNothing(t *testing.T) {
 	require.Empty(t, f.events(t), "no event recorded")
 	require.Zero(t, f.ledgerRows(t), "no claim")
 	require.Empty(t, f.provisionings(t))
-	requests, _ := f.lic.stats()
+	requests := f.lic.Requests()
 	require.Zero(t, requests, "nothing reached the license service")
 
 	// The control: the same event, properly signed, is accepted.
 	require.Equal(t, http.StatusOK, f.deliver(t, good).Status)
-	require.Equal(t, 1, f.lic.count())
+	require.Equal(t, 1, f.lic.Effects())
 }
 
 // Stripe delivers one event twenty times at once. The first claims the
@@ -243,7 +243,7 @@ func TestSameEventDeliveredTwentyTimesConcurrentlyProvisionsOnce(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	payload := eventJSON(t, "evt_1", stripe.EventTypeCheckoutSessionCompleted, time.Now(), paidCheckout("cs_1", "acct_1"))
-	entered, release := f.lic.holdNext(t)
+	entered, release := f.lic.HoldNext()
 	const n = 20
 	replies := make(chan reply, n)
 	errs := make(chan error, n)
@@ -283,9 +283,9 @@ func TestSameEventDeliveredTwentyTimesConcurrentlyProvisionsOnce(t *testing.T) {
 		r := f.deliver(t, payload)
 		require.Equal(t, reply{Status: http.StatusOK, Outcome: "already_applied"}, r)
 	}
-	requests, _ := f.lic.stats()
+	requests := f.lic.Requests()
 	require.Equal(t, 1, requests, "one call reached the license service")
-	require.Equal(t, 1, f.lic.count())
+	require.Equal(t, 1, f.lic.Effects())
 	require.Equal(t, []provisioningRow{{"cs_1", "provisioned", "acct_1", 5, "lic_001", "evt_1"}}, f.provisionings(t))
 	require.Equal(t, []eventRow{{"evt_1", "checkout.session.completed", "cs_1", true, 2*n - 1, "already_applied", "ack"}}, f.events(t))
 }
@@ -311,8 +311,8 @@ func TestTwoEventsForOneSessionProvisionOnce(t *testing.T) {
 	r = f.deliver(t, eventJSON(t, "evt_b2", stripe.EventTypeCheckoutSessionAsyncPaymentSucceeded, t0.Add(time.Minute), paidCheckout("cs_card", "acct_2")))
 	require.Equal(t, reply{Status: http.StatusOK, Outcome: "already_applied"}, r, "a second event for one session is the same intent")
 
-	require.Equal(t, 2, f.lic.count())
-	requests, _ := f.lic.stats()
+	require.Equal(t, 2, f.lic.Effects())
+	requests := f.lic.Requests()
 	require.Equal(t, 2, requests)
 	require.Equal(t, []provisioningRow{
 		{"cs_async", "provisioned", "acct_1", 5, "lic_001", "evt_a2"},
@@ -362,9 +362,9 @@ func TestTwoEventsForOneSessionDeliveredConcurrently(t *testing.T) {
 	for _, payload := range retried { // Stripe redelivers what got 503
 		require.Equal(t, reply{Status: http.StatusOK, Outcome: "already_applied"}, f.deliver(t, payload))
 	}
-	requests, _ := f.lic.stats()
+	requests := f.lic.Requests()
 	require.Equal(t, 1, requests, "the claim stops every other delivery before the call")
-	require.Equal(t, 1, f.lic.count())
+	require.Equal(t, 1, f.lic.Effects())
 	rows := f.provisionings(t)
 	require.Len(t, rows, 1)
 	require.Contains(t, []string{"evt_1", "evt_2"}, rows[0].Event)
@@ -388,7 +388,7 @@ func TestOutOfOrderDeliveries(t *testing.T) {
 	require.Equal(t, reply{Status: http.StatusOK, Outcome: OutcomeUnpaid}, f.deliver(t, earlier))
 	require.Equal(t, reply{Status: http.StatusOK, Outcome: "already_applied"}, f.deliver(t, later))
 
-	require.Equal(t, 1, f.lic.count())
+	require.Equal(t, 1, f.lic.Effects())
 	require.Equal(t, []provisioningRow{{"cs_1", "provisioned", "acct_1", 5, "lic_001", "evt_2"}}, f.provisionings(t))
 	require.Equal(t, []eventRow{
 		{"evt_1", "checkout.session.completed", "cs_1", false, 1, OutcomeUnpaid, "ack"},
@@ -414,7 +414,7 @@ func TestOtherEventsAreRecordedAndAcknowledged(t *testing.T) {
 		{"evt_9", "customer.created", "", false, 1, OutcomeIgnored, "ack"},
 	}, f.events(t))
 	require.Zero(t, f.ledgerRows(t))
-	require.Zero(t, f.lic.count())
+	require.Zero(t, f.lic.Effects())
 }
 
 // The license service asks to wait: 503 with its delay, a redelivery
@@ -424,12 +424,12 @@ func TestLicenseServiceUnavailableThenTheTickProvisions(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	payload := eventJSON(t, "evt_1", stripe.EventTypeCheckoutSessionCompleted, time.Now(), paidCheckout("cs_1", "acct_1"))
-	f.lic.unavailableNext(120)
+	f.lic.AnswerNext(http.StatusServiceUnavailable) // with Retry-After: 120
 
 	require.Equal(t, reply{Status: http.StatusServiceUnavailable, RetryAfter: "120", Outcome: "retryable"}, f.deliver(t, payload))
 	f.clock.Advance(20 * time.Second)
 	require.Equal(t, reply{Status: http.StatusServiceUnavailable, RetryAfter: "100", Outcome: "not_due"}, f.deliver(t, payload))
-	requests, _ := f.lic.stats()
+	requests := f.lic.Requests()
 	require.Equal(t, 1, requests, "the redelivery before the delay made no call")
 	require.Equal(t, []eventRow{{"evt_1", "checkout.session.completed", "cs_1", true, 2, "not_due", "retry"}}, f.events(t))
 
@@ -445,7 +445,7 @@ func TestLicenseServiceUnavailableThenTheTickProvisions(t *testing.T) {
 	rep, err = f.p.Tick(f.ctx)
 	require.NoError(t, err)
 	require.Zero(t, rep.Candidates)
-	require.Equal(t, 1, f.lic.count())
+	require.Equal(t, 1, f.lic.Effects())
 }
 
 // The license service refuses the account: no redelivery can help, so the
@@ -458,7 +458,7 @@ func TestRefusalIsDeadLetteredWith200(t *testing.T) {
 	payload := eventJSON(t, "evt_1", stripe.EventTypeCheckoutSessionCompleted, time.Now(), paidCheckout("cs_1", "acct_closed"))
 
 	require.Equal(t, reply{Status: http.StatusOK, Outcome: "permanent"}, f.deliver(t, payload))
-	require.Zero(t, f.lic.count())
+	require.Zero(t, f.lic.Effects())
 	require.Equal(t, []provisioningRow{{"cs_1", "failed", "acct_closed", 5, "", "evt_1"}}, f.provisionings(t))
 	require.Equal(t, []eventRow{{"evt_1", "checkout.session.completed", "cs_1", true, 1, "permanent", "dead_letter"}}, f.events(t))
 	rep, err := f.p.Tick(f.ctx)
@@ -479,7 +479,7 @@ func TestSessionChangedUnderOneKeyIsDeadLettered(t *testing.T) {
 	require.Equal(t, reply{Status: http.StatusOK, Outcome: "mismatch"},
 		f.deliver(t, eventJSON(t, "evt_2", stripe.EventTypeCheckoutSessionAsyncPaymentSucceeded, t0.Add(time.Minute), more)))
 
-	requests, _ := f.lic.stats()
+	requests := f.lic.Requests()
 	require.Equal(t, 1, requests)
 	require.Equal(t, []provisioningRow{{"cs_1", "provisioned", "acct_1", 5, "lic_001", "evt_1"}}, f.provisionings(t))
 	events := f.events(t)
@@ -500,16 +500,15 @@ func TestCrashAfterTheGrantIsRepairedByStripesRedelivery(t *testing.T) {
 	f.p.beforeRecord = func(Provisioning) error { return errors.New("handler killed after the grant") }
 	require.Equal(t, reply{Status: http.StatusServiceUnavailable, RetryAfter: "1", Outcome: "error"}, f.deliver(t, payload))
 	f.p.beforeRecord = nil
-	require.Equal(t, 1, f.lic.count())
+	require.Equal(t, 1, f.lic.Effects())
 	require.Empty(t, f.provisionings(t))
 
 	require.Equal(t, reply{Status: http.StatusServiceUnavailable, RetryAfter: "60", Outcome: "in_flight"}, f.deliver(t, payload))
 	f.clock.Advance(Lease)
 	require.Equal(t, reply{Status: http.StatusOK, Outcome: "applied"}, f.deliver(t, payload))
 
-	require.Equal(t, 1, f.lic.count(), "one license")
-	_, replays := f.lic.stats()
-	require.Equal(t, 1, replays)
+	require.Equal(t, 1, f.lic.Effects(), "one license")
+	require.Equal(t, 1, f.lic.Replays())
 	require.Equal(t, []provisioningRow{{"cs_1", "provisioned", "acct_1", 5, "lic_001", "evt_1"}}, f.provisionings(t))
 }
 
@@ -526,9 +525,9 @@ func TestCrashRedeliveredPastTheServiceWindowIsParkedForAnOperator(t *testing.T)
 
 	f.clock.Advance(DedupWindow + time.Hour)
 	require.Equal(t, reply{Status: http.StatusOK, Outcome: "needs_reconciliation"}, f.deliver(t, payload))
-	requests, _ := f.lic.stats()
+	requests := f.lic.Requests()
 	require.Equal(t, 1, requests, "no second grant request")
-	require.Equal(t, 1, f.lic.count())
+	require.Equal(t, 1, f.lic.Effects())
 	require.Empty(t, f.provisionings(t))
 	require.Equal(t, "dead_letter", f.events(t)[0].Disposition)
 

@@ -64,11 +64,11 @@ func TestProvisioningEffectContract(t *testing.T) {
 			require.NoError(t, err)
 			return s
 		},
-		Effects: f.lic.count,
-		Clock:   f.clock, // the license service's window reads it too
+		Effects: f.lic.Effects, // licenses granted, not requests
+		Clock:   f.clock,       // the license service's window reads it too
 		Config:  &idempotency.Config{Sleep: fakeSleep(f.clock)},
 	})
 	require.True(t, ok)
-	require.Equal(t, len(inputs), f.lic.count(), "one license per checkout session")
+	require.Equal(t, len(inputs), f.lic.Effects(), "one license per checkout session")
 	require.Len(t, f.provisionings(t), len(inputs), "one provisionings row per checkout session")
 }
