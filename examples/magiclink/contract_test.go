@@ -64,7 +64,7 @@ func TestMagicLinkEffectContract(t *testing.T) {
 			return s
 		},
 		Effects: f.mail.Effects, // emails sent, not requests
-		Clock:   f.clock, // the provider's window reads it too
+		Clock:   f.clock,        // the provider's window reads it too
 		Config:  &idempotency.Config{Sleep: fakeSleep(f.clock)},
 	})
 	require.True(t, ok)
