@@ -92,7 +92,7 @@ func TestConcurrentDeliveriesOfOneConversionHitTheNetworkOnce(t *testing.T) {
 
 	// The first delivery to reach the network is held there until the 19
 	// others have returned, so they all overlap it.
-	entered, release := f.net.holdNext(t)
+	entered, release := f.net.HoldNext()
 	results := make(chan idempotency.Outcome, 20)
 	var wg sync.WaitGroup
 	for range 20 {
@@ -122,7 +122,7 @@ func TestConcurrentDeliveriesOfOneConversionHitTheNetworkOnce(t *testing.T) {
 	require.Zero(t, res.Calls)
 	require.Equal(t, http.StatusOK, res.Value.Status, "the stored answer")
 
-	require.Equal(t, 1, f.net.total(), "21 deliveries, one postback")
+	require.Equal(t, 1, f.net.Requests(), "21 deliveries, one postback")
 	q := f.net.lastQuery("cv1")
 	require.Equal(t, "42", q.Get("offer"))
 	require.Equal(t, "clk_cv1", q.Get("click_id"))
@@ -151,7 +151,7 @@ func TestWorkerThatDiedBeforeCallingIsTakenOver(t *testing.T) {
 	rep, err := f.p.Tick(f.ctx)
 	require.NoError(t, err)
 	require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeInFlight])
-	require.Zero(t, f.net.total())
+	require.Zero(t, f.net.Requests())
 
 	// After the lease: taken over, since the call never started.
 	f.clock.Advance(Lease + time.Second)
@@ -218,14 +218,14 @@ func TestWorkerThatDiedAfterCallingIsParkedForReconciliation(t *testing.T) {
 	rep, err = f.p.Tick(f.ctx)
 	require.NoError(t, err)
 	require.Zero(t, rep.Candidates)
-	require.Equal(t, 2, f.net.total())
+	require.Equal(t, 2, f.net.Requests())
 }
 
 func TestNotDeliveredSettlementFiresAgain(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	f.convert(t, "cv1", 500)
-	f.net.answer("cv1", http.StatusBadGateway) // the network's proxy failed: did it count it?
+	f.net.Answer("cv1", http.StatusBadGateway) // the network's proxy failed: did it count it?
 	rep, err := f.p.Tick(f.ctx)
 	require.NoError(t, err)
 	require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeNeedsReconciliation])
@@ -248,7 +248,7 @@ func TestNetworkAnswers(t *testing.T) {
 		t.Parallel()
 		f := setup(t)
 		cv := f.convert(t, "cv1", 500)
-		f.net.answer("cv1", http.StatusServiceUnavailable)
+		f.net.Answer("cv1", http.StatusServiceUnavailable)
 		rep, err := f.p.Tick(f.ctx)
 		require.NoError(t, err)
 		require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeApplied], "a 503 says nothing happened: safe to retry at once, even here")
@@ -266,7 +266,7 @@ func TestNetworkAnswers(t *testing.T) {
 		t.Parallel()
 		f := setup(t)
 		cv := f.convert(t, "cv1", 500)
-		f.net.answer("cv1", http.StatusServiceUnavailable, http.StatusServiceUnavailable, http.StatusServiceUnavailable)
+		f.net.Answer("cv1", http.StatusServiceUnavailable, http.StatusServiceUnavailable, http.StatusServiceUnavailable)
 		rep, err := f.p.Tick(f.ctx)
 		require.NoError(t, err)
 		require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeRetryable])
@@ -292,7 +292,7 @@ func TestNetworkAnswers(t *testing.T) {
 		t.Parallel()
 		f := setup(t)
 		f.convert(t, "cv1", 500)
-		f.net.answer("cv1", http.StatusInternalServerError)
+		f.net.Answer("cv1", http.StatusInternalServerError)
 		for range 2 {
 			rep, err := f.p.Tick(f.ctx)
 			require.NoError(t, err)
@@ -306,7 +306,7 @@ func TestNetworkAnswers(t *testing.T) {
 		t.Parallel()
 		f := setup(t)
 		cv := f.convert(t, "cv1", 500)
-		f.net.answer("cv1", http.StatusBadRequest) // unknown click id
+		f.net.Answer("cv1", http.StatusBadRequest) // unknown click id
 		rep, err := f.p.Tick(f.ctx)
 		require.NoError(t, err)
 		require.Equal(t, 1, rep.Outcomes[idempotency.OutcomePermanent])
@@ -355,7 +355,7 @@ func TestDeliveriesAndOverlappingTicksFireEachConversionOnce(t *testing.T) {
 	_, err := f.p.Tick(f.ctx)
 	require.NoError(t, err)
 
-	require.Equal(t, n, f.net.total())
+	require.Equal(t, n, f.net.Requests())
 	for i := range n {
 		require.Equal(t, 1, f.net.hitsFor(fmt.Sprintf("cv%02d", i)))
 	}

@@ -61,10 +61,10 @@ func TestPostbackEffectContract(t *testing.T) {
 			require.NoError(t, err)
 			return s
 		},
-		Effects:       f.net.total,
+		Effects:       f.net.Effects, // every hit it accepts is a conversion
 		CrashRecovery: effecttest.ParkForOperator,
 	})
 	require.True(t, ok)
-	require.Equal(t, len(inputs), f.net.total(), "one hit per conversion")
+	require.Equal(t, len(inputs), f.net.Requests(), "one hit per conversion")
 	require.Len(t, f.postbacks(t), len(inputs)-1, "every conversion but the parked one has its row")
 }
