@@ -59,11 +59,11 @@ func TestTransferEffectContract(t *testing.T) {
 			require.NoError(t, err)
 			return s
 		},
-		Effects: f.prov.count,
-		Clock:   f.clock, // the provider's window reads it too
+		Effects: f.prov.Effects, // transfers made, not requests
+		Clock:   f.clock,        // the provider's window reads it too
 		Config:  &idempotency.Config{Sleep: fakeSleep(f.clock)},
 	})
 	require.True(t, ok)
-	require.Equal(t, len(inputs), f.prov.count(), "one transfer per payout request")
+	require.Equal(t, len(inputs), f.prov.Effects(), "one transfer per payout request")
 	require.Len(t, f.rows(t), len(inputs), "one payout_transfers row per payout request")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -113,7 +114,7 @@ func TestTransferCarriesTheUUIDOfTheKey(t *testing.T) {
 	require.Zero(t, res.Calls)
 	require.Equal(t, "tr_001", res.Value.ID)
 	require.Len(t, f.prov.postsReceived(), 1)
-	require.Equal(t, 1, f.prov.count())
+	require.Equal(t, 1, f.prov.Effects())
 }
 
 // The provider makes the transfer and the answer is lost on the way back.
@@ -123,7 +124,7 @@ func TestLostResponseGetsTheOriginalTransferBack(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	f.request(t, "po_1", "acct_alice", 50_000)
-	f.prov.failNext(dropAfterCreate)
+	f.prov.LoseNext() // the transfer is made, the answer lost
 
 	res, err := f.p.Pay(f.ctx, "po_1")
 	require.NoError(t, err)
@@ -134,14 +135,13 @@ func TestLostResponseGetsTheOriginalTransferBack(t *testing.T) {
 	require.Equal(t, idempotency.AttemptDone, res.Attempts[1].Class)
 	require.True(t, res.Attempts[1].Replayed, "the provider replayed the first transfer")
 
-	require.Equal(t, 1, f.prov.count(), "one transfer")
+	require.Equal(t, 1, f.prov.Effects(), "one transfer")
 	posts := f.prov.postsReceived()
 	require.Len(t, posts, 2)
 	uuid := keyOf("po_1").UUID()
 	require.Equal(t, uuid, posts[0].ClientTransactionID)
 	require.Equal(t, uuid, posts[1].ClientTransactionID, "the retry carries the same UUID")
-	replays, _ := f.prov.stats()
-	require.Equal(t, 1, replays)
+	require.Equal(t, 1, f.prov.Replays())
 	require.Equal(t, "tr_001", res.Value.ID, "the original transfer")
 	require.Equal(t, []transferRow{{"po_1", "sent", "tr_001", uuid, uuid}}, f.rows(t))
 }
@@ -172,7 +172,7 @@ func TestOverlappingTicksMakeOneTransferPerRequest(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, rep.Candidates)
 
-	require.Equal(t, n, f.prov.count(), "transfers really made")
+	require.Equal(t, n, f.prov.Effects(), "transfers really made")
 	require.EqualValues(t, n, calls.Load(), "the claim stops the other ticks before the provider")
 	require.Len(t, f.rows(t), n)
 	for i := range n {
@@ -188,8 +188,8 @@ func TestSavedFailureIsSentAgainUnderANewGeneration(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	f.request(t, "po_1", "acct_alice", 50_000)
-	f.prov.failNext(save500)
 	key := keyOf("po_1")
+	f.prov.FailAndRemember(key.UUID(), http.StatusInternalServerError) // a saved 500, no transfer
 
 	res, err := f.p.Pay(f.ctx, "po_1")
 	require.ErrorIs(t, err, idempotency.ErrRetryable)
@@ -197,19 +197,18 @@ func TestSavedFailureIsSentAgainUnderANewGeneration(t *testing.T) {
 	require.Equal(t, 2, res.Calls, "a 500, then its replay")
 	require.True(t, res.Attempts[1].Replayed)
 	require.Equal(t, idempotency.StateInDoubt, f.record(t, "po_1").State)
-	require.Zero(t, f.prov.count())
+	require.Zero(t, f.prov.Effects())
 
 	res, err = f.p.Pay(f.ctx, "po_1")
 	require.NoError(t, err)
 	require.Equal(t, idempotency.OutcomeApplied, res.Outcome)
 	require.True(t, res.Reconciled, "Find was asked first")
 	require.Equal(t, 1, res.Calls)
-	_, lists := f.prov.stats()
-	require.Equal(t, 1, lists)
+	require.EqualValues(t, 1, f.prov.lists.Load())
 
 	gen2 := key.WithGeneration(2).UUID()
 	require.NotEqual(t, key.UUID(), gen2)
-	require.Equal(t, 1, f.prov.count())
+	require.Equal(t, 1, f.prov.Effects())
 	tr := f.prov.allTransfers()[0]
 	require.Equal(t, gen2, tr.ClientTransactionID, "sent under the second generation's UUID")
 	require.Equal(t, key.UUID(), tr.Reference, "the reference stays the business key's UUID")
@@ -227,8 +226,8 @@ func TestFindSeesATransferMadeUnderALaterGeneration(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	f.request(t, "po_1", "acct_alice", 50_000)
-	f.prov.failNext(save500)
 	key := keyOf("po_1")
+	f.prov.FailAndRemember(key.UUID(), http.StatusInternalServerError)
 	_, err := f.p.Pay(f.ctx, "po_1")
 	require.ErrorIs(t, err, idempotency.ErrRetryable)
 
@@ -236,13 +235,13 @@ func TestFindSeesATransferMadeUnderALaterGeneration(t *testing.T) {
 	res, err := f.p.Pay(f.ctx, "po_1")
 	require.Error(t, err)
 	require.Equal(t, idempotency.OutcomeError, res.Outcome)
-	require.Equal(t, 1, f.prov.count(), "generation 2 made the transfer")
+	require.Equal(t, 1, f.prov.Effects(), "generation 2 made the transfer")
 	f.p.beforeRecord = nil
 
 	// The deliveries stopped for longer than the provider's memory.
 	f.clock.Advance(DedupWindow + Lease)
 	gen2 := key.WithGeneration(2).UUID()
-	require.False(t, f.prov.remembers(gen2), "a retry under the same UUID would pay again")
+	require.False(t, f.prov.Remembers(gen2), "a retry under the same UUID would pay again")
 	for _, tr := range f.prov.allTransfers() {
 		require.NotEqual(t, key.UUID(), tr.ClientTransactionID, "nothing carries the base key's UUID as its transaction id")
 	}
@@ -252,7 +251,7 @@ func TestFindSeesATransferMadeUnderALaterGeneration(t *testing.T) {
 	require.Equal(t, idempotency.OutcomeReconciled, res.Outcome)
 	require.Zero(t, res.Calls)
 	require.Equal(t, gen2, res.Value.ClientTransactionID)
-	require.Equal(t, 1, f.prov.count(), "no second payment")
+	require.Equal(t, 1, f.prov.Effects(), "no second payment")
 	require.Equal(t, []transferRow{{"po_1", "sent", res.Value.ID, gen2, key.UUID()}}, f.rows(t))
 }
 
@@ -268,7 +267,7 @@ func TestCrashPastTheWindowIsFoundNotPaidTwice(t *testing.T) {
 	require.Error(t, err)
 	require.Equal(t, idempotency.OutcomeError, res.Outcome)
 	f.p.beforeRecord = nil
-	require.Equal(t, 1, f.prov.count())
+	require.Equal(t, 1, f.prov.Effects())
 	require.Empty(t, f.rows(t), "the crash lost the row")
 
 	res, err = f.p.Pay(f.ctx, "po_1")
@@ -277,12 +276,12 @@ func TestCrashPastTheWindowIsFoundNotPaidTwice(t *testing.T) {
 	require.Zero(t, res.Calls)
 
 	f.clock.Advance(DedupWindow + time.Hour)
-	require.False(t, f.prov.remembers(keyOf("po_1").UUID()))
+	require.False(t, f.prov.Remembers(keyOf("po_1").UUID()))
 	res, err = f.p.Pay(f.ctx, "po_1")
 	require.NoError(t, err)
 	require.Equal(t, idempotency.OutcomeReconciled, res.Outcome)
 	require.Zero(t, res.Calls)
-	require.Equal(t, 1, f.prov.count(), "no second payment")
+	require.Equal(t, 1, f.prov.Effects(), "no second payment")
 	require.Len(t, f.prov.postsReceived(), 1)
 	uuid := keyOf("po_1").UUID()
 	require.Equal(t, []transferRow{{"po_1", "sent", "tr_001", uuid, uuid}}, f.rows(t))
@@ -299,7 +298,7 @@ func TestRefusedRecipientIsRecordedFailed(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, rep.Outcomes[idempotency.OutcomePermanent])
 	require.Equal(t, 1, rep.Outcomes[idempotency.OutcomeApplied])
-	require.Equal(t, 1, f.prov.count())
+	require.Equal(t, 1, f.prov.Effects())
 	rows := f.rows(t)
 	require.Len(t, rows, 2)
 	require.Equal(t, "failed", rows[0].Status)
