@@ -3,9 +3,6 @@ package gettingstarted
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +11,7 @@ import (
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/idempotency/effecttest"
 	"github.com/effectonce/effectonce/idempotency/httpeffect"
+	"github.com/effectonce/effectonce/idempotency/httpeffect/httpfake"
 	"github.com/effectonce/effectonce/pgguard"
 	"github.com/effectonce/effectonce/pgguard/guardtest"
 	"github.com/effectonce/effectonce/pgtest"
@@ -29,14 +27,9 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // snippet:gs-welcome-contract
 func TestWelcomeEmailContract(t *testing.T) {
 	// A stand-in for the mail API. It deduplicates by Idempotency-Key, as
-	// the real one does: count distinct keys, not requests.
-	var mu sync.Mutex
-	sent := map[string]bool{}
-	mail := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		defer mu.Unlock()
-		sent[r.Header.Get("Idempotency-Key")] = true
-	}))
+	// the real one does, and counts the emails it sent apart from the
+	// requests it received.
+	mail := httpfake.New(nil)
 	defer mail.Close()
 
 	pool := pgtest.Pool(t) // a schema of this test's own, dropped when it ends
@@ -44,7 +37,7 @@ func TestWelcomeEmailContract(t *testing.T) {
 		t.Fatal(err)
 	}
 	effecttest.Run(t, effecttest.Case[Signup, httpeffect.Response]{
-		Effect: NewWelcomeEmail(mail.URL, "test-key"), // exactly as production builds it
+		Effect: NewWelcomeEmail(mail.URL(), "test-key"), // exactly as production builds it
 		Inputs: []Signup{{"u1", "a@example.com"}, {"u2", "b@example.com"}, {"u3", "c@example.com"}, {"u4", "d@example.com"}},
 		Mutate: func(s Signup) Signup { s.Email = "other+" + s.Email; return s }, // same key, other payload
 		NewStore: func(now func() time.Time) idempotency.Store {
@@ -54,7 +47,7 @@ func TestWelcomeEmailContract(t *testing.T) {
 			}
 			return ledger
 		},
-		Effects: func() int { mu.Lock(); defer mu.Unlock(); return len(sent) },
+		Effects: mail.Effects, // distinct emails, not requests
 	})
 }
 
@@ -137,15 +130,9 @@ func TestTheGuidesServiceSendsAndCreditsOnce(t *testing.T) {
 	_, err = pool.Exec(ctx, Schema+ReferralCreditsSQL)
 	require.NoError(t, err)
 
-	var mu sync.Mutex
-	hits := 0
-	mail := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		defer mu.Unlock()
-		hits++
-	}))
+	mail := httpfake.New(nil)
 	defer mail.Close()
-	welcome := NewWelcomeEmail(mail.URL, "test-key")
+	welcome := NewWelcomeEmail(mail.URL(), "test-key")
 	for range 3 {
 		m := &message{body: []byte(`{"user_id": "u1", "email": "ada@example.com"}`)}
 		require.NoError(t, HandleSignup(ctx, exec, welcome, m))
@@ -155,9 +142,8 @@ func TestTheGuidesServiceSendsAndCreditsOnce(t *testing.T) {
 	require.NoError(t, HandleSignup(ctx, exec, welcome, bad))
 	require.Len(t, bad.settled, 1)
 	require.Contains(t, bad.settled[0], "dead_letter invalid: ")
-	mu.Lock()
-	require.Equal(t, 1, hits, "one email for three deliveries")
-	mu.Unlock()
+	require.Equal(t, 1, mail.Requests(), "one request for three deliveries")
+	require.Equal(t, 1, mail.Effects())
 
 	fake := stripefake.New()
 	defer fake.Close()
