@@ -65,6 +65,8 @@ const (
 	sufExempt      = "_exempt"
 	sufFinished    = "_finished"
 	sufMigrations  = "_migrations"
+	sufClaimFn     = "_claim"            // the claim function (migration 003)
+	sufDecideFn    = "_decide"           // the claim rule, Decide in SQL (migration 003)
 	maxSuffixLen   = len(sufStatusCheck) // the longest of the above
 	maxTableLen    = maxIdentLen - maxSuffixLen
 )
@@ -74,6 +76,8 @@ type names struct {
 	table      string // quoted, schema-qualified when a schema is set
 	migrations string // quoted, qualified
 	seqLiteral string // the token sequence as a string literal, for nextval
+	claimFn    string // the claim function, quoted, qualified
+	decideFn   string // the claim rule's function, quoted, qualified
 	lockKey    int64  // advisory lock key for Migrate
 	// rename maps each default name in the migration files to its rendering.
 	rename map[string]string
@@ -112,6 +116,8 @@ func (c *Config) resolve() (*names, error) {
 		table:      qualified(cfg.Table),
 		migrations: qualified(cfg.Table + sufMigrations),
 		seqLiteral: quoteLiteral(qualified(cfg.Table + sufTokenSeq)),
+		claimFn:    qualified(cfg.Table + sufClaimFn),
+		decideFn:   qualified(cfg.Table + sufDecideFn),
 		now:        cfg.Now,
 		rename: map[string]string{
 			DefaultTable:                  qualified(cfg.Table),
@@ -123,6 +129,8 @@ func (c *Config) resolve() (*names, error) {
 			DefaultTable + sufStateCheck:  local(cfg.Table + sufStateCheck),
 			DefaultTable + sufExempt:      local(cfg.Table + sufExempt),
 			DefaultTable + sufFinished:    local(cfg.Table + sufFinished),
+			DefaultTable + sufClaimFn:     qualified(cfg.Table + sufClaimFn),
+			DefaultTable + sufDecideFn:    qualified(cfg.Table + sufDecideFn),
 		},
 	}
 	h := fnv.New64a()

@@ -48,11 +48,13 @@ func describeLedger(t *testing.T, pool *pgxpool.Pool, schema string) []string {
 	collect("sequence ", `SELECT c.relname || ' ' || format_type(s.seqtypid, NULL) FROM pg_class c
 		JOIN pg_sequence s ON s.seqrelid = c.oid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 ORDER BY 1`, schema)
+	collect("function ", `SELECT p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ') ' || md5(replace(p.prosrc, '"', ''))
+		FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 ORDER BY 1`, schema)
 	return out
 }
 
 // migrationsEmbedded is the number of embedded migrations.
-const migrationsEmbedded = 2
+const migrationsEmbedded = 3
 
 func migrationCount(t *testing.T, pool *pgxpool.Pool) int {
 	t.Helper()
@@ -71,7 +73,7 @@ func TestMigrateMatchesEmbeddedFiles(t *testing.T) {
 	require.NoError(t, pgguard.Migrate(ctx, migrated, nil))
 
 	plain, plainSchema := pgtest.Schema(t)
-	for _, f := range []string{"001_effect_ledger.up.sql", "002_record_states.up.sql"} {
+	for _, f := range []string{"001_effect_ledger.up.sql", "002_record_states.up.sql", "003_claim_functions.up.sql"} {
 		_, err := plain.Exec(ctx, readMigration(t, f))
 		require.NoError(t, err)
 	}
@@ -81,7 +83,7 @@ func TestMigrateMatchesEmbeddedFiles(t *testing.T) {
 	require.Equal(t, want, describeLedger(t, migrated, migratedSchema))
 	require.Contains(t, strings.Join(want, "\n"), "effect_ledger_active_key ON effect_ledger USING btree (key) WHERE (state <> ALL (ARRAY['failed'::text, 'revoked'::text]))")
 
-	for _, f := range []string{"002_record_states.down.sql", "001_effect_ledger.down.sql"} {
+	for _, f := range []string{"003_claim_functions.down.sql", "002_record_states.down.sql", "001_effect_ledger.down.sql"} {
 		_, err := plain.Exec(ctx, readMigration(t, f))
 		require.NoError(t, err)
 	}
@@ -89,6 +91,9 @@ func TestMigrateMatchesEmbeddedFiles(t *testing.T) {
 	require.NoError(t, plain.QueryRow(ctx, `SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1`, plainSchema).Scan(&n))
 	require.Zero(t, n, "the down migration must leave nothing behind")
+	require.NoError(t, plain.QueryRow(ctx, `SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+		WHERE n.nspname = $1`, plainSchema).Scan(&n))
+	require.Zero(t, n, "nor any function")
 }
 
 func TestMigrateTwiceChangesNothing(t *testing.T) {
@@ -146,6 +151,7 @@ func TestMigrateAdoptsLedgerFromPlainFiles(t *testing.T) {
 	for name, files := range map[string][]string{
 		"Version1": {"001_effect_ledger.up.sql"},
 		"Version2": {"001_effect_ledger.up.sql", "002_record_states.up.sql"},
+		"Version3": {"001_effect_ledger.up.sql", "002_record_states.up.sql", "003_claim_functions.up.sql"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()

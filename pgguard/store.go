@@ -89,34 +89,17 @@ func micro(p string) string { return "(" + p + "::bigint * interval '1 microseco
 
 type queries struct {
 	claim, transition, settleWhy, revoke, lookup, lastRefusals, listStuck, history, recoverRead, recoverUpdate, recoverInsert string
+	// batch holds the statements of ClaimMany and TransitionMany (batch.go).
+	batch *batchQueries
 }
 
-// verdict renders idempotency.Decide in SQL for the row alias r at time now.
-// Claim parameters: $3 fingerprint, $4 lease (µs), $5 takeover, $6 window
-// (µs), $9 reconcile. storetest's verdict table checks it against Decide.
-func verdict(r, now string) string {
-	return strings.NewReplacer("r.", r+".", "NOW", now, "LEASE", micro("$4"), "DEADLINE", deadline(r)).Replace(`CASE
-		WHEN r.fingerprint IS DISTINCT FROM $3::bytea THEN 'mismatch'
-		WHEN r.state IN ('applied', 'skipped') THEN 'done'
-		WHEN r.state IN ('claimed', 'calling', 'reconciling') AND NOW < r.lease_until THEN 'in_flight'
-		WHEN r.state = 'claimed' THEN 'acquired'
-		WHEN r.state = 'released' AND NOW < r.due_at THEN 'not_due'
-		WHEN r.state = 'released' THEN 'acquired'
-		WHEN r.state = 'unknown' AND NOW < r.due_at THEN 'not_due'
-		WHEN r.state IN ('calling', 'unknown') AND $5::boolean
-			AND (DEADLINE IS NULL OR NOW + LEASE <= DEADLINE) THEN 'acquired'
-		WHEN NOT $9::boolean THEN 'in_doubt'
-		WHEN NOW < r.due_at OR NOW < r.lease_until THEN 'not_due'
-		ELSE 'reconcile'
-	END`)
-}
-
-// deadline renders idempotency.DedupDeadline for the row alias r: the stored
-// deadline, or for a record stored without one (version 1) its first claim
-// plus the request's window ($6, µs).
-func deadline(r string) string {
-	return `(CASE WHEN ` + r + `.dedup_until IS NOT NULL OR $6::bigint <= 0 THEN ` + r + `.dedup_until
-		ELSE ` + r + `.first_claimed_at + ` + micro("$6") + ` END)`
+// decide renders a call of the claim rule (idempotency.Decide in SQL, the
+// function migration 003 creates) for the row alias r, the request's
+// fingerprint, lease (µs), takeover, window (µs) and reconcile expressions,
+// at now. PostgreSQL inlines the function into the statement's plan.
+func decide(n *names, r, fp, lease, takeover, window, reconcile, now string) string {
+	return n.decideFn + `(` + r + `.state, ` + r + `.fingerprint, ` + r + `.lease_until, ` + r + `.due_at, ` + r + `.dedup_until, ` +
+		r + `.first_claimed_at, ` + fp + `, ` + lease + `, ` + takeover + `, ` + window + `, ` + reconcile + `, ` + now + `)`
 }
 
 // stuckPredicate is idempotency.Stuck in SQL, at clock.now; its first line
@@ -132,54 +115,18 @@ var evidenceTrim = `'$[last-` + strconv.Itoa(idempotency.MaxEvidence-1) + ` to l
 
 func buildQueries(n *names) *queries {
 	t := n.table
-	q := &queries{}
+	q := &queries{batch: buildBatchQueries(n)}
 
-	// Claim or fetch in one statement. Parameters: $1 key, $2 namespace,
-	// $3 fingerprint, $4 lease (µs), $5 takeover, $6 window (µs), $7 now,
-	// $8 track, $9 reconcile.
-	//
-	//  - clock: "now", read once (MATERIALIZED: clock_timestamp() is
-	//    volatile and every branch must agree on it).
-	//  - cur: the active row as the statement's snapshot sees it, with its
-	//    verdict (idempotency.Decide).
-	//  - ins: runs only when there is no row or the verdict acquires it, so
-	//    a repeat of a finished or live key writes and locks nothing. On a
-	//    conflict, DO UPDATE decides again on the latest committed version
-	//    of the row (which it locks); the WHERE makes anything but an
-	//    acquisition a no-op that leaves no dead tuple. The token comes
-	//    from the sequence once per statement and is reused by a takeover.
-	//  - the result: the inserted or taken-over row, else the snapshot's
-	//    row. No row, or a snapshot row whose verdict acquired although
-	//    ins did not take it, means the row changed after the snapshot: the
-	//    caller re-runs the statement (see Claim).
-	q.claim = `WITH clock AS MATERIALIZED (
-	SELECT ` + nowParam("$7") + ` AS now
-), cur AS (
-	SELECT ` + prefixed("l", recordCols) + `, ` + verdict("l", "clock.now") + ` AS verdict
-	FROM ` + t + ` AS l, clock
-	WHERE l.key = $1::text AND l.` + activePredicate + `
-), ins AS (
-	INSERT INTO ` + t + ` AS l (key, namespace, state, fingerprint, token, claims, generation, lease_until, dedup_until, first_claimed_at, updated_at)
-	SELECT $1::text, $2::text, CASE WHEN $8::boolean THEN 'claimed' ELSE 'calling' END, $3::bytea, nextval(` + n.seqLiteral + `), 1, 1,
-		clock.now + ` + micro("$4") + `, CASE WHEN $6::bigint > 0 THEN clock.now + ` + micro("$6") + ` END, clock.now, clock.now
-	FROM clock
-	WHERE NOT EXISTS (SELECT FROM cur WHERE cur.verdict NOT IN ('acquired', 'reconcile'))
-	ON CONFLICT (key) WHERE ` + activePredicate + `
-	DO UPDATE SET
-		prev_state = l.state,
-		state = CASE
-			WHEN ` + verdict("l", "EXCLUDED.updated_at") + ` = 'reconcile' THEN 'reconciling'
-			WHEN l.state IN ('calling', 'unknown') THEN 'calling'
-			ELSE EXCLUDED.state END,
-		token = EXCLUDED.token, claims = l.claims + 1, lease_until = EXCLUDED.lease_until, due_at = NULL,
-		dedup_until = CASE WHEN l.state IN ('claimed', 'released') THEN EXCLUDED.dedup_until ELSE ` + deadline("l") + ` END,
-		updated_at = EXCLUDED.updated_at
-	WHERE ` + verdict("l", "EXCLUDED.updated_at") + ` IN ('acquired', 'reconcile')
-	RETURNING ` + recordCols + `
-)
-SELECT ` + recordCols + `, CASE WHEN state = 'reconciling' THEN 'reconcile' ELSE 'acquired' END, false FROM ins
-UNION ALL
-SELECT ` + recordCols + `, verdict, verdict IN ('acquired', 'reconcile') FROM cur WHERE NOT EXISTS (SELECT FROM ins)`
+	// Claim or fetch in one statement: the claim function of migration 003
+	// (see its file and the package documentation). A repeat of a finished
+	// key, or of one held under a live lease, is one index lookup inside
+	// it; only a key the request may acquire reaches its INSERT ... ON
+	// CONFLICT. Parameters: $1 key, $2 namespace, $3 fingerprint, $4 lease
+	// (µs), $5 takeover, $6 window (µs), $7 now, $8 track, $9 reconcile.
+	// The result: the record, the verdict, and whether the row changed after
+	// the statement's snapshot (the caller re-runs it, see Claim).
+	q.claim = `SELECT ` + recordCols + `, verdict, stale FROM ` + n.claimFn + `($1::text, $2::text, $3::bytea, $4::bigint,
+	$5::boolean, $6::bigint, $7::timestamptz, $8::boolean, $9::boolean, ` + n.seqLiteral + `::regclass)`
 
 	// The fenced change: only the holder of the current token, in a state
 	// the change may start from, changes the record. Parameters: $1 key,

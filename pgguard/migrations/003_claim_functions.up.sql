@@ -1,0 +1,135 @@
+-- pgguard ledger, version 3: the claim rule and the claim as functions, so
+-- that a repeat of a finished key costs one index lookup.
+--
+-- The table does not change. effect_ledger_decide is idempotency.Decide in
+-- SQL, written once: the claim below and the store's batch claim
+-- (ClaimMany) both call it, and PostgreSQL inlines it into their plans.
+-- effect_ledger_claim is Store.Claim's one statement: a repeat of a finished
+-- key, or of a key held under a live lease, is answered by a plain index
+-- lookup that writes and locks nothing; only a key the request may acquire
+-- goes on to the claim-or-fetch statement of version 2 (an INSERT ... ON
+-- CONFLICT in a CTE), whose mere presence cost a repeat about 1.7 times a
+-- lookup. Both functions are CREATE OR REPLACE: applying this file again
+-- changes nothing.
+
+-- Decide's verdict for an active record (its state, fingerprint, lease, due
+-- time, provider deadline and first claim) and a request (fingerprint,
+-- lease and window in microseconds, takeover, reconcile) at now:
+-- 'mismatch', 'done', 'in_flight', 'acquired', 'not_due', 'in_doubt' or
+-- 'reconcile'. storetest's verdict table checks it against Decide.
+CREATE OR REPLACE FUNCTION effect_ledger_decide(
+    state text, fingerprint bytea, lease_until timestamptz, due_at timestamptz,
+    dedup_until timestamptz, first_claimed_at timestamptz,
+    req_fingerprint bytea, req_lease bigint, req_takeover boolean, req_window bigint,
+    req_reconcile boolean, now timestamptz)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+SELECT CASE
+    WHEN fingerprint IS DISTINCT FROM req_fingerprint THEN 'mismatch'
+    WHEN state IN ('applied', 'skipped') THEN 'done'
+    WHEN state IN ('claimed', 'calling', 'reconciling') AND now < lease_until THEN 'in_flight'
+    WHEN state = 'claimed' THEN 'acquired'
+    WHEN state = 'released' AND now < due_at THEN 'not_due'
+    WHEN state = 'released' THEN 'acquired'
+    WHEN state = 'unknown' AND now < due_at THEN 'not_due'
+    -- Takeover under the same provider key while a whole run fits before
+    -- the provider's deadline (DedupDeadline: the stored one, or for a
+    -- version-1 record its first claim plus the request's window).
+    WHEN state IN ('calling', 'unknown') AND req_takeover
+        AND ((CASE WHEN dedup_until IS NOT NULL OR req_window <= 0 THEN dedup_until
+                   ELSE first_claimed_at + req_window * interval '1 microsecond' END) IS NULL
+             OR now + req_lease * interval '1 microsecond'
+                <= (CASE WHEN dedup_until IS NOT NULL OR req_window <= 0 THEN dedup_until
+                         ELSE first_claimed_at + req_window * interval '1 microsecond' END)) THEN 'acquired'
+    WHEN NOT req_reconcile THEN 'in_doubt'
+    WHEN now < due_at OR now < lease_until THEN 'not_due'
+    ELSE 'reconcile'
+END
+$$;
+
+-- Claim-or-fetch for one request; p_now NULL means clock_timestamp(), read
+-- once. Returns the record, its verdict, and whether it is stale: a record
+-- whose row changed after the statement's snapshot (the caller runs the
+-- function again, see Store.Claim). p_token_seq is the ledger's token
+-- sequence, given by the store so that this file names it only once.
+CREATE OR REPLACE FUNCTION effect_ledger_claim(
+    p_key text, p_namespace text, p_fingerprint bytea, p_lease bigint, p_takeover boolean,
+    p_window bigint, p_now timestamptz, p_track boolean, p_reconcile boolean, p_token_seq regclass)
+RETURNS TABLE (key text, namespace text, state text, prev_state text, fingerprint bytea, result bytea,
+    token bigint, claims integer, generation integer, lease_until timestamptz, due_at timestamptz,
+    dedup_until timestamptz, evidence jsonb, reason text, first_claimed_at timestamptz,
+    updated_at timestamptz, verdict text, stale boolean)
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_now timestamptz := coalesce(p_now, clock_timestamp());
+BEGIN
+    -- A record the request may not acquire (finished, held under a live
+    -- lease, not due, another payload, in doubt): one index lookup,
+    -- nothing written, nothing locked.
+    RETURN QUERY
+    SELECT l.key, l.namespace, l.state, l.prev_state, l.fingerprint, l.result, l.token, l.claims,
+        l.generation, l.lease_until, l.due_at, l.dedup_until, l.evidence, l.reason, l.first_claimed_at,
+        l.updated_at, d.verdict, false
+    FROM effect_ledger AS l,
+        LATERAL (SELECT effect_ledger_decide(l.state, l.fingerprint, l.lease_until, l.due_at, l.dedup_until,
+            l.first_claimed_at, p_fingerprint, p_lease, p_takeover, p_window, p_reconcile, v_now) AS verdict) AS d
+    WHERE l.key = p_key AND l.state NOT IN ('failed', 'revoked')
+        AND d.verdict NOT IN ('acquired', 'reconcile');
+    IF FOUND THEN
+        RETURN;
+    END IF;
+
+    -- No record, or one the request may acquire: the claim-or-fetch
+    -- statement (pgguard's package documentation, "The claim statement").
+    RETURN QUERY
+    WITH cur AS (
+        SELECT l.key, l.namespace, l.state, l.prev_state, l.fingerprint, l.result, l.token, l.claims,
+            l.generation, l.lease_until, l.due_at, l.dedup_until, l.evidence, l.reason, l.first_claimed_at,
+            l.updated_at,
+            effect_ledger_decide(l.state, l.fingerprint, l.lease_until, l.due_at, l.dedup_until,
+                l.first_claimed_at, p_fingerprint, p_lease, p_takeover, p_window, p_reconcile, v_now) AS verdict
+        FROM effect_ledger AS l
+        WHERE l.key = p_key AND l.state NOT IN ('failed', 'revoked')
+    ), ins AS (
+        INSERT INTO effect_ledger AS l (key, namespace, state, fingerprint, token, claims, generation,
+            lease_until, dedup_until, first_claimed_at, updated_at)
+        SELECT p_key, p_namespace, CASE WHEN p_track THEN 'claimed' ELSE 'calling' END, p_fingerprint,
+            nextval(p_token_seq), 1, 1, v_now + p_lease * interval '1 microsecond',
+            CASE WHEN p_window > 0 THEN v_now + p_window * interval '1 microsecond' END, v_now, v_now
+        WHERE NOT EXISTS (SELECT FROM cur WHERE cur.verdict NOT IN ('acquired', 'reconcile'))
+        ON CONFLICT (key) WHERE state NOT IN ('failed', 'revoked')
+        DO UPDATE SET
+            prev_state = l.state,
+            state = CASE
+                WHEN effect_ledger_decide(l.state, l.fingerprint, l.lease_until, l.due_at, l.dedup_until,
+                    l.first_claimed_at, p_fingerprint, p_lease, p_takeover, p_window, p_reconcile,
+                    EXCLUDED.updated_at) = 'reconcile' THEN 'reconciling'
+                WHEN l.state IN ('calling', 'unknown') THEN 'calling'
+                ELSE EXCLUDED.state END,
+            token = EXCLUDED.token, claims = l.claims + 1, lease_until = EXCLUDED.lease_until, due_at = NULL,
+            dedup_until = CASE WHEN l.state IN ('claimed', 'released') THEN EXCLUDED.dedup_until
+                WHEN l.dedup_until IS NOT NULL OR p_window <= 0 THEN l.dedup_until
+                ELSE l.first_claimed_at + p_window * interval '1 microsecond' END,
+            updated_at = EXCLUDED.updated_at
+        WHERE effect_ledger_decide(l.state, l.fingerprint, l.lease_until, l.due_at, l.dedup_until,
+            l.first_claimed_at, p_fingerprint, p_lease, p_takeover, p_window, p_reconcile,
+            EXCLUDED.updated_at) IN ('acquired', 'reconcile')
+        RETURNING l.key, l.namespace, l.state, l.prev_state, l.fingerprint, l.result, l.token, l.claims,
+            l.generation, l.lease_until, l.due_at, l.dedup_until, l.evidence, l.reason, l.first_claimed_at,
+            l.updated_at
+    )
+    SELECT i.key, i.namespace, i.state, i.prev_state, i.fingerprint, i.result, i.token, i.claims,
+        i.generation, i.lease_until, i.due_at, i.dedup_until, i.evidence, i.reason, i.first_claimed_at,
+        i.updated_at, CASE WHEN i.state = 'reconciling' THEN 'reconcile' ELSE 'acquired' END, false
+    FROM ins AS i
+    UNION ALL
+    SELECT c.key, c.namespace, c.state, c.prev_state, c.fingerprint, c.result, c.token, c.claims,
+        c.generation, c.lease_until, c.due_at, c.dedup_until, c.evidence, c.reason, c.first_claimed_at,
+        c.updated_at, c.verdict, c.verdict IN ('acquired', 'reconcile')
+    FROM cur AS c
+    WHERE NOT EXISTS (SELECT FROM ins);
+END
+$$;
