@@ -304,10 +304,10 @@ func (f *Receiver) requestsWhere(keep func(*Request) bool) []Request {
 	return out
 }
 
-// Performed returns the effect performed under key, as the provider's
-// lookup would find it: for as long as the receiver runs, whether or not
-// it still remembers the key for deduplication. With IgnoresKey, the
-// first effect performed under key.
+// Performed returns the first effect performed under key, as the
+// provider's lookup would find it: for as long as the receiver runs,
+// whether or not it still remembers the key for deduplication (a repeat
+// past the Window, or with IgnoresKey, performs another).
 func (f *Receiver) Performed(key string) (Effect, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -369,7 +369,8 @@ func (f *Receiver) FailAfterActing(key string, status int) {
 // to answer status without performing the effect, and to save that
 // answer as FailAfterActing does: Stripe's saved 500, which says nothing
 // of what happened and is repeated under the key until it is forgotten.
-// With IgnoresKey it is the same as Answer.
+// With IgnoresKey nothing is saved: the request gets status, nothing
+// performed.
 func (f *Receiver) FailAndRemember(key string, status int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
