@@ -1,0 +1,257 @@
+package pgguard_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/effectonce/effectonce/idempotency"
+	"github.com/effectonce/effectonce/internal/pgcount"
+	"github.com/effectonce/effectonce/pgguard"
+)
+
+// TestBatchStatementCounts: a batch of any size is one statement; hooks add
+// only their transaction's statements, one commit for the whole batch.
+func TestBatchStatementCounts(t *testing.T) {
+	t.Parallel()
+	var counter pgcount.StatementCounter
+	b := setup(t, &setupOpts{configure: counter.Configure})
+	_, err := b.pool.Exec(b.ctx, `CREATE TABLE grants (key text PRIMARY KEY)`)
+	require.NoError(t, err)
+	measure := func(fn func()) (int, []string) {
+		n, stmts := counter.Measure(fn)
+		for i, s := range stmts {
+			stmts[i], _, _ = strings.Cut(strings.TrimSpace(s), "\n")
+		}
+		return n, stmts
+	}
+
+	reqs := make([]idempotency.ClaimRequest, 500)
+	for i := range reqs {
+		reqs[i] = claimReq(fmt.Sprintf("k%d", i))
+	}
+	reqs[499] = reqs[0] // a repeat inside the batch is decided on the record the first left
+	var claims []idempotency.Claim
+	n, sqls := measure(func() { claims, err = b.store.ClaimMany(b.ctx, reqs) })
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "500 claims, one statement: %q", sqls)
+	require.Equal(t, idempotency.VerdictInFlight, claims[499].Verdict)
+	require.Equal(t, claims[0].Record.Token, claims[499].Record.Token)
+
+	changes := make([]idempotency.Change, 0, 499)
+	for _, c := range claims[:499] {
+		changes = append(changes, idempotency.Complete(c.Record.Key, c.Record.Token, []byte(`"x"`)))
+	}
+	var res []idempotency.TransitionResult
+	n, sqls = measure(func() { res, err = b.store.TransitionMany(b.ctx, changes) })
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "499 completions, one statement: %q", sqls)
+	for _, r := range res {
+		require.NoError(t, r.Err)
+		require.Equal(t, idempotency.StateApplied, r.Record.State)
+	}
+
+	// Two hooked completions and one plain: BEGIN, the plain UPDATE, for
+	// each hook SAVEPOINT, its UPDATE, its INSERT, RELEASE; COMMIT.
+	fresh, err := b.store.ClaimMany(b.ctx, []idempotency.ClaimRequest{claimReq("h1"), claimReq("h2"), claimReq("h3")})
+	require.NoError(t, err)
+	hook := func(key string) func(context.Context) error {
+		return func(ctx context.Context) error {
+			tx, ok := pgguard.TxFrom(ctx)
+			if !ok {
+				return errors.New("no transaction")
+			}
+			_, err := tx.Exec(ctx, `INSERT INTO grants (key) VALUES ($1)`, key)
+			return err
+		}
+	}
+	hooked := []idempotency.Change{
+		idempotency.Complete("h1", fresh[0].Record.Token, []byte(`1`)),
+		idempotency.Complete("h2", fresh[1].Record.Token, []byte(`2`)),
+		idempotency.Complete("h3", fresh[2].Record.Token, []byte(`3`)),
+	}
+	hooked[0].Hook, hooked[1].Hook = hook("h1"), hook("h2")
+	n, sqls = measure(func() { res, err = b.store.TransitionMany(b.ctx, hooked) })
+	require.NoError(t, err)
+	for _, r := range res {
+		require.NoError(t, r.Err)
+	}
+	require.Equal(t, 2+1+2*4, n, "%q", sqls)
+	var grants int
+	require.NoError(t, b.pool.QueryRow(b.ctx, `SELECT count(*) FROM grants`).Scan(&grants))
+	require.Equal(t, 2, grants)
+
+	n, _ = measure(func() {
+		_, err = b.store.ClaimMany(b.ctx, nil)
+		require.NoError(t, err)
+		_, err = b.store.TransitionMany(b.ctx, nil)
+		require.NoError(t, err)
+	})
+	require.Zero(t, n, "empty batches send nothing")
+}
+
+// TestBatchInCallerTransaction: on a caller's pgx.Tx, a batch joins it and
+// a failing hook rolls back to its savepoint, leaving the transaction
+// usable.
+func TestBatchInCallerTransaction(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	tx, err := b.pool.Begin(b.ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(b.ctx) }()
+	s, err := b.store.WithDB(tx)
+	require.NoError(t, err)
+	claims, err := s.ClaimMany(b.ctx, []idempotency.ClaimRequest{claimReq("a"), claimReq("b")})
+	require.NoError(t, err)
+	boom := errors.New("domain row refused")
+	ca := idempotency.Complete("a", claims[0].Record.Token, []byte(`"a"`))
+	ca.Hook = func(context.Context) error { return boom }
+	res, err := s.TransitionMany(b.ctx, []idempotency.Change{ca, idempotency.Complete("b", claims[1].Record.Token, []byte(`"b"`))})
+	require.NoError(t, err)
+	require.ErrorIs(t, res[0].Err, boom)
+	require.NoError(t, res[1].Err)
+	got, err := s.Lookup(b.ctx, []string{"a", "b"})
+	require.NoError(t, err)
+	require.Equal(t, idempotency.StateCalling, got["a"].State)
+	require.Equal(t, idempotency.StateApplied, got["b"].State)
+
+	outside, err := b.store.Lookup(b.ctx, []string{"a", "b"})
+	require.NoError(t, err)
+	require.Empty(t, outside, "nothing is visible before the caller commits")
+	require.NoError(t, tx.Commit(b.ctx))
+	outside, err = b.store.Lookup(b.ctx, []string{"a", "b"})
+	require.NoError(t, err)
+	require.Len(t, outside, 2)
+}
+
+// TestClaimManySnapshotRace: batches that include a key another
+// transaction is inserting wait for it; when it commits, each batch saw
+// the conflict but not the row. The store re-runs the statement for that
+// key only and answers in flight, never "no row", never a second holder.
+func TestClaimManySnapshotRace(t *testing.T) {
+	t.Parallel()
+	const n = 8
+	b := setup(t, &setupOpts{configure: func(c *pgxpool.Config) { c.MaxConns = n + 4 }})
+	tx, err := b.pool.Begin(b.ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(b.ctx) }()
+	inTx, err := b.store.WithDB(tx)
+	require.NoError(t, err)
+	held, err := inTx.Claim(b.ctx, claimReq("k"))
+	require.NoError(t, err)
+
+	got := make([][]idempotency.Claim, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], errs[i] = b.store.ClaimMany(b.ctx, []idempotency.ClaimRequest{claimReq(fmt.Sprintf("mine-%d", i)), claimReq("k")})
+		}()
+	}
+	waitForLockWaiters(t, b, n)
+	require.NoError(t, tx.Commit(b.ctx))
+	wg.Wait()
+	for i := range n {
+		require.NoError(t, errs[i])
+		require.Equal(t, idempotency.VerdictAcquired, got[i][0].Verdict, "the batch's other key is claimed once")
+		require.Equal(t, idempotency.VerdictInFlight, got[i][1].Verdict)
+		require.Equal(t, held.Record.Token, got[i][1].Record.Token)
+	}
+	require.Positive(t, pgguard.ClaimRetries(b.store), "the race did not happen: no batch had to re-run")
+	var mine int
+	require.NoError(t, b.pool.QueryRow(b.ctx, `SELECT count(*) FROM effect_ledger WHERE key LIKE 'mine-%' AND claims = 1`).Scan(&mine))
+	require.Equal(t, n, mine, "re-running the statement for one key never claims the others twice")
+}
+
+// TestBatchTakeoverRacesACompletion: a batch that would take over an
+// expired claim while its late holder completes it meets the completed
+// record (the UPDATE decides again on the row it waited for).
+func TestBatchTakeoverRacesACompletion(t *testing.T) {
+	t.Parallel()
+	b := setup(t, &setupOpts{configure: func(c *pgxpool.Config) { c.MaxConns = 8 }})
+	r := claimReq("k")
+	r.TakeOver = true
+	first, err := b.store.Claim(b.ctx, r)
+	require.NoError(t, err)
+	b.clock.Advance(2 * time.Minute)
+
+	tx, err := b.pool.Begin(b.ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(b.ctx) }()
+	inTx, err := b.store.WithDB(tx)
+	require.NoError(t, err)
+	_, err = inTx.Transition(b.ctx, idempotency.Complete("k", first.Record.Token, []byte(`"late"`)))
+	require.NoError(t, err)
+
+	done := make(chan []idempotency.Claim)
+	go func() {
+		c, err := b.store.ClaimMany(b.ctx, []idempotency.ClaimRequest{r, claimReq("other")})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- c
+	}()
+	waitForLockWaiters(t, b, 1)
+	require.NoError(t, tx.Commit(b.ctx))
+	got := <-done
+	require.Equal(t, idempotency.VerdictDone, got[0].Verdict)
+	require.Equal(t, `"late"`, string(got[0].Record.Result))
+	require.Equal(t, idempotency.VerdictAcquired, got[1].Verdict)
+}
+
+// TestBatchUpdateUsesTheActiveKeyIndex: the fenced batch UPDATE finds each
+// row by the active-key index, never by scanning the pending records (the
+// stuck index holds them all), even when they are many.
+func TestBatchUpdateUsesTheActiveKeyIndex(t *testing.T) {
+	t.Parallel()
+	var counter pgcount.StatementCounter
+	b := setup(t, &setupOpts{configure: counter.Configure})
+	_, err := b.pool.Exec(b.ctx, `INSERT INTO effect_ledger (key, namespace, state, token, lease_until, first_claimed_at, updated_at)
+		SELECT 'p' || g, 'test', 'calling', nextval('effect_ledger_token_seq'), now() + interval '1 hour', now(), now()
+		FROM generate_series(1, 20000) AS g`)
+	require.NoError(t, err)
+	_, err = b.pool.Exec(b.ctx, `ANALYZE effect_ledger`)
+	require.NoError(t, err)
+	claims, err := b.store.ClaimMany(b.ctx, []idempotency.ClaimRequest{claimReq("a"), claimReq("b")})
+	require.NoError(t, err)
+	changes := []idempotency.Change{
+		idempotency.Complete("a", claims[0].Record.Token, []byte(`1`)),
+		idempotency.Release("b", claims[1].Record.Token, "429", 0),
+	}
+	n, stmts := counter.Measure(func() {
+		_, err = b.store.TransitionMany(b.ctx, changes)
+		require.NoError(t, err)
+	})
+	require.Equal(t, 1, n)
+	sql := stmts[0]
+	// The same changes, as TransitionMany sends them (see its statement).
+	args := []any{[]string{"a", "b"}, []int64{claims[0].Record.Token, claims[1].Record.Token}, []string{"applied", "released"},
+		[]string{"claimed,calling,reconciling", "claimed,calling"}, [][]byte{[]byte("1"), nil}, []string{"", "429"}, []string{"[]", "[]"},
+		[]int64{0, 0}, []int64{0, 0}, []bool{false, false}, []bool{false, false}, []int64{0, 0}, nil}
+	for _, mode := range []string{"auto", "force_generic_plan"} {
+		conn, err := b.pool.Acquire(b.ctx)
+		require.NoError(t, err)
+		_, err = conn.Exec(b.ctx, "SET plan_cache_mode = "+mode)
+		require.NoError(t, err)
+		rows, err := conn.Query(b.ctx, "EXPLAIN "+sql, args...)
+		require.NoError(t, err)
+		plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		_, err = conn.Exec(b.ctx, "RESET plan_cache_mode")
+		require.NoError(t, err)
+		conn.Release()
+		text := strings.Join(plan, "\n")
+		require.Contains(t, text, "effect_ledger_active_key", "%s plan:\n%s", mode, text)
+		require.NotContains(t, text, "effect_ledger_stuck", "%s plan:\n%s", mode, text)
+	}
+}
