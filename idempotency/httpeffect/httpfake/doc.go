@@ -56,8 +56,8 @@
 //
 // With Config.IgnoresKey the receiver knows nothing of keys, like an
 // affiliate network's postback URL: steps 1 to 3 are skipped, nothing is
-// remembered, and every request that gets past steps 4 and 5 and that
-// Respond accepts is a new effect. Config.Key then only labels requests
+// remembered, and every request that Respond accepts (or FailAfterActing
+// scripted) is a new effect. Config.Key then only labels requests
 // (a query parameter, say) for Answer, RequestsFor and Performed.
 //
 // Every answer carries a Request-Id header (req_1, req_2, ... in arrival
@@ -66,7 +66,7 @@
 //
 // # Asking the receiver, as a Find would
 //
-// Performed returns the effect made under a key, for as long as the
+// Performed returns the first effect made under a key, for as long as the
 // receiver runs, whether or not it still remembers the key for
 // deduplication (Remembers): give it to an effect's Find, or serve it from
 // Config.Other as the provider's lookup endpoint.
