@@ -86,3 +86,12 @@ func RunClaimed[In, Out any](ctx context.Context, x *Executor, e *Effect[In, Out
 	r := &runner[In, Out]{x: x, e: e, in: in, given: &c, claimedAt: claimedAt}
 	return r.runAndReport(ctx)
 }
+
+// WithStore returns an executor that shares x's configuration and
+// middleware and runs against s instead; x is unchanged. A sweep uses it to
+// send the changes of a batch's runs through a store that groups them.
+func (x *Executor) WithStore(s Store) *Executor {
+	y := *x
+	y.store = s
+	return &y
+}

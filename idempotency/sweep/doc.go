@@ -11,7 +11,10 @@
 //     already applied are counted and skipped with no claim and no provider
 //     call, so finished work spends neither database round trips nor
 //     provider quota.
-//   - The rest go through idempotency.Run with bounded concurrency. The
+//   - The rest are claimed in one statement per batch, when the store can
+//     (idempotency.BatchStore), and run with bounded concurrency, each by
+//     the executor's own flow from its claim; their completions are written
+//     in groups. Other stores claim run by run (idempotency.Run). The
 //     pre-flight is an optimisation, never the guard: between the lookup
 //     and the call another sweep may act, and the claim decides.
 //   - An optional rate limiter spaces provider calls only; claims, lookups

@@ -100,6 +100,32 @@ func (c *countingStore) Claim(ctx context.Context, req idempotency.ClaimRequest)
 	return c.Store.Claim(ctx, req)
 }
 
+// countingBatchStore is countingStore over a batch store: claims counted
+// one per request, batched or not.
+type countingBatchStore struct {
+	*countingStore
+	bs idempotency.BatchStore
+}
+
+func (c *countingBatchStore) ClaimMany(ctx context.Context, reqs []idempotency.ClaimRequest) ([]idempotency.Claim, error) {
+	c.claims.Add(int64(len(reqs)))
+	return c.bs.ClaimMany(ctx, reqs)
+}
+
+func (c *countingBatchStore) TransitionMany(ctx context.Context, cs []idempotency.Change) ([]idempotency.TransitionResult, error) {
+	return c.bs.TransitionMany(ctx, cs)
+}
+
+// counting returns a counting decorator over base that keeps base's batch
+// capability, if it has one.
+func counting(base idempotency.Store) (idempotency.Store, *countingStore) {
+	c := &countingStore{Store: base}
+	if bs, ok := base.(idempotency.BatchStore); ok {
+		return &countingBatchStore{countingStore: c, bs: bs}, c
+	}
+	return c, c
+}
+
 func newExecutor(t testing.TB, s idempotency.Store) *idempotency.Executor {
 	t.Helper()
 	x, err := idempotency.NewExecutor(s, nil)

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/effectonce/effectonce/idempotency"
+	"github.com/effectonce/effectonce/idempotency/sweep"
 	"github.com/effectonce/effectonce/internal/pgtest"
 	"github.com/effectonce/effectonce/pgguard"
 )
@@ -43,8 +44,24 @@ func (s markingStore) Lookup(ctx context.Context, keys []string) (map[string]ide
 	return s.Store.Lookup(context.WithValue(ctx, inLookup{}, true), keys)
 }
 
+// markingBatchStore is markingStore over a batch store, keeping its batch
+// capability.
+type markingBatchStore struct {
+	markingStore
+	bs idempotency.BatchStore
+}
+
+func (s markingBatchStore) ClaimMany(ctx context.Context, reqs []idempotency.ClaimRequest) ([]idempotency.Claim, error) {
+	return s.bs.ClaimMany(ctx, reqs)
+}
+
+func (s markingBatchStore) TransitionMany(ctx context.Context, cs []idempotency.Change) ([]idempotency.TransitionResult, error) {
+	return s.bs.TransitionMany(ctx, cs)
+}
+
 // pgStore returns a migrated pgguard store in the test's own schema, using
-// the database clock, and the pool's statement counter.
+// the database clock, and the pool's statement counter. The store claims
+// in batches; wrap it in markingStore alone for one claim per run.
 func pgStore(t *testing.T) (idempotency.Store, *statementCounter) {
 	t.Helper()
 	counter := &statementCounter{}
@@ -58,7 +75,7 @@ func pgStore(t *testing.T) (idempotency.Store, *statementCounter) {
 	require.NoError(t, pgguard.Migrate(ctx, pool, nil))
 	store, err := pgguard.New(pool, nil)
 	require.NoError(t, err)
-	return markingStore{store}, counter
+	return markingBatchStore{markingStore{store}, store}, counter
 }
 
 func TestPostgresPreflightMakesOneLookupStatementPerBatch(t *testing.T) {
@@ -80,5 +97,32 @@ func TestPostgresCancelLeavesEveryKeyAppliedOrReleased(t *testing.T) {
 	t.Parallel()
 	store, _ := pgStore(t)
 	rep := cancelScenario(t, store, 1_000, 130)
+	require.Positive(t, rep.ClaimBatches)
 	t.Logf("%s", rep)
+}
+
+func TestPostgresCancelOneClaimPerRunLeavesEveryKeyAppliedOrReleased(t *testing.T) {
+	t.Parallel()
+	store, _ := pgStore(t)
+	rep := cancelScenario(t, store.(markingBatchStore).markingStore, 1_000, 130)
+	require.Zero(t, rep.ClaimBatches)
+	t.Logf("%s", rep)
+}
+
+// TestPostgresBatchSweepStatements: 1,000 fresh candidates in batches of
+// 500 cost, per batch, one pre-flight, one claim and one statement of
+// completions: 6 statements, where one claim per run costs 2,002.
+func TestPostgresBatchSweepStatements(t *testing.T) {
+	t.Parallel()
+	store, counter := pgStore(t)
+	p := newProvider()
+	before := counter.all.Load()
+	rep, err := sweep.Run(context.Background(), newExecutor(t, store), p.effect(), sweep.Slice(promos(0, 1000)),
+		&sweep.Config{BatchSize: 500, Concurrency: 8, After: never})
+	require.NoError(t, err)
+	require.Equal(t, 1000, rep.Outcomes[idempotency.OutcomeApplied])
+	require.Equal(t, int64(6), counter.all.Load()-before, "%s", rep)
+	calls, created := p.stats()
+	require.Equal(t, 1000, calls)
+	require.Equal(t, 1000, created)
 }

@@ -48,6 +48,11 @@ type Report struct {
 	// batch that holds at least one valid key, and one for remembered
 	// refusals per batch where the effect remembers them.
 	Lookups int
+	// ClaimBatches is the number of batch claims: with a store that claims
+	// in batches (idempotency.BatchStore), one ClaimMany per batch with
+	// candidates left after the pre-flight; zero with other stores, whose
+	// runs claim one by one.
+	ClaimBatches int
 	// Batches is the number of batches processed.
 	Batches int
 	// Failures lists, by Index, the candidates that did not reach a good

@@ -36,9 +36,9 @@ func preflightScenario(t *testing.T, base idempotency.Store, beforeMeasured func
 	if beforeMeasured != nil {
 		beforeMeasured()
 	}
-	counting := &countingStore{Store: base}
+	store, counting := counting(base)
 	p := newProvider()
-	rep, err = sweep.Run(ctx, newExecutor(t, counting), p.effect(), sweep.Slice(all), &sweep.Config{BatchSize: bigBatch})
+	rep, err = sweep.Run(ctx, newExecutor(t, store), p.effect(), sweep.Slice(all), &sweep.Config{BatchSize: bigBatch})
 	require.NoError(t, err)
 	requireAccounted(t, rep)
 

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
@@ -22,6 +23,7 @@ var ErrInvalidConfig = errors.New("sweep: invalid config")
 const (
 	DefaultBatchSize   = 500
 	DefaultConcurrency = 8
+	DefaultFlushDelay  = 50 * time.Millisecond
 )
 
 // Config configures a sweep. The zero value (or nil) is ready to use.
@@ -30,9 +32,26 @@ type Config struct {
 	// Store.Lookup. Zero means DefaultBatchSize (500).
 	BatchSize int
 
-	// Concurrency is the number of runs in flight at once. Zero means
-	// DefaultConcurrency (8).
+	// Concurrency is the number of runs doing their provider work at once.
+	// With a store that claims in batches, a run gives its place to the
+	// next one as soon as it hands over its last change, while that change
+	// waits to be written with others. Zero means DefaultConcurrency (8).
 	Concurrency int
+
+	// FlushDelay bounds how long a run's change (a completion, a release)
+	// waits for others before their group is written, with a store that
+	// claims in batches. A group is written sooner when it holds BatchSize
+	// changes, or when no other run of the batch can add one (every run
+	// left waits for its own); and never later than a quarter of the
+	// effect's lease. A process killed meanwhile loses those changes: their
+	// claims expire under their leases, as after any crash. Zero means
+	// DefaultFlushDelay (50 ms).
+	FlushDelay time.Duration
+
+	// After returns a channel that fires once d has passed, for FlushDelay.
+	// Nil means time.After. Tests pass one that never fires, or that they
+	// fire by hand.
+	After func(d time.Duration) <-chan time.Time
 
 	// Limiter, when set, limits provider calls: each call, in-run retries
 	// included, waits for a token. Claims, lookups and candidates settled
@@ -69,6 +88,8 @@ func (c *Config) withDefaults() (Config, error) {
 		return cfg, fmt.Errorf("%w: negative BatchSize %d", ErrInvalidConfig, cfg.BatchSize)
 	case cfg.Concurrency < 0:
 		return cfg, fmt.Errorf("%w: negative Concurrency %d", ErrInvalidConfig, cfg.Concurrency)
+	case cfg.FlushDelay < 0:
+		return cfg, fmt.Errorf("%w: negative FlushDelay %v", ErrInvalidConfig, cfg.FlushDelay)
 	case cfg.Limiter != nil && cfg.Limiter.Limit() != rate.Inf && cfg.Limiter.Burst() < 1:
 		return cfg, fmt.Errorf("%w: Limiter has a burst of %d and would never grant a call", ErrInvalidConfig, cfg.Limiter.Burst())
 	}
@@ -77,6 +98,9 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if cfg.Concurrency == 0 {
 		cfg.Concurrency = DefaultConcurrency
+	}
+	if cfg.FlushDelay == 0 {
+		cfg.FlushDelay = DefaultFlushDelay
 	}
 	return cfg, nil
 }
@@ -93,11 +117,20 @@ func (c *Config) withDefaults() (Config, error) {
 //     fingerprint is counted without a claim or a provider call. (A clock
 //     that disagrees with the store's can only defer these to the next
 //     sweep; the claim, on the store's clock, decides everything else.)
-//  3. Every other candidate goes through idempotency.Run, at most
-//     Config.Concurrency at once. The claim, not the pre-flight, is the
-//     guard: a duplicate within a batch, or another worker sweeping the
-//     same candidates, ends in AlreadyApplied or InFlight, never in a
-//     second provider call.
+//  3. Every other candidate is claimed and run. With a store that claims
+//     in batches (idempotency.BatchStore, as both stores of this module
+//     do), one ClaimMany claims them all; each is then run from its claim
+//     (idempotency.RunClaimed), at most Config.Concurrency doing provider
+//     work at once, and their completions (releases, failures, parks) are
+//     written in groups (Config.FlushDelay): a batch of 500 fresh
+//     candidates costs three statements, not a thousand and one. A claim
+//     that waits half its lease for its turn is extended, with the others
+//     still waiting, in one statement. With other stores each candidate
+//     goes through idempotency.Run. Either way the claim, not the
+//     pre-flight, is the guard: a duplicate within a batch, or another
+//     worker sweeping the same candidates, ends in AlreadyApplied or
+//     InFlight, never in a second provider call; and every decision after
+//     an attempt is the executor's.
 //  4. Config.OnProgress gets the cumulative counts.
 //
 // Batches run one after the other. A failed run is not fatal: it is counted
@@ -119,8 +152,18 @@ func (c *Config) withDefaults() (Config, error) {
 // classified. So every key the sweep claimed ends applied, skipped,
 // failed, released or unknown for the next sweep, or in doubt; none stays
 // held under a live lease. Candidates taken but never run are counted as
-// Unstarted. With in-run retries (RetryPolicy), a cancelled run still waits
-// out its backoff before giving up.
+// Unstarted (a batch claim taken for them is released at once). With
+// in-run retries (RetryPolicy), a cancelled run still waits out its
+// backoff before giving up.
+//
+// A process killed mid-sweep leaves each key applied, free, or pending
+// under a lease that expires, never called twice: with batch claims, the
+// keys claimed and not yet called, and those whose completion was waiting
+// for its group, are up to a batch. Once their leases expire, effects that
+// record the start of their call (ExpiredRetryUncalled) take the uncalled
+// ones over, effects whose provider deduplicates (ExpiredRetry) retry under
+// the same key, and the others (ExpiredPark) report them in doubt for Find
+// or an operator: choose BatchSize with that in mind.
 func Run[In, Out any](ctx context.Context, x *idempotency.Executor, e *idempotency.Effect[In, Out], src Source[In], cfg *Config) (Report, error) {
 	rep := Report{Outcomes: map[idempotency.Outcome]int{}}
 	c, err := cfg.withDefaults()
@@ -208,6 +251,9 @@ func (s *sweeper[In, Out]) middleware(ctx context.Context) idempotency.Middlewar
 	return func(callCtx context.Context, a idempotency.AttemptInfo, next func(context.Context) error) error {
 		if err := ctx.Err(); err != nil {
 			return idempotency.NotActed(fmt.Errorf("sweep: cancelled before the call: %w", err), 0)
+		}
+		if s.stopped.Load() {
+			return idempotency.NotActed(errStopped, 0)
 		}
 		if lim != nil {
 			if err := lim.Wait(ctx); err != nil {
@@ -315,21 +361,23 @@ func (s *sweeper[In, Out]) batch(ctx context.Context, items []In) error {
 		return s.done(firstFailure, s.stopErr(ctx))
 	}
 
-	// 3. Settle what the pre-flight can; run the rest.
+	// 3. Settle what the pre-flight can; run the rest: claimed in one
+	// statement when the store can, else one by one by idempotency.Run.
+	if bs, ok := s.store.(idempotency.BatchStore); ok {
+		var todo []candidate[In]
+		for _, c := range valid {
+			if s.settled(c, active, refused) {
+				continue
+			}
+			todo = append(todo, c)
+		}
+		s.claimed(ctx, bs, todo)
+		return s.done(firstFailure, s.stopErr(ctx))
+	}
 	var g errgroup.Group
 	g.SetLimit(s.cfg.Concurrency)
 	for _, c := range valid {
-		if rec, ok := active[c.key.String()]; ok {
-			if o, err := preflight(s.x, s.eff, rec, c.fp); o != 0 {
-				s.preflighted(Failure{Index: c.index, Key: c.key, Outcome: o, Err: err})
-				continue
-			}
-		} else if rec, ok := refused[c.key.String()]; ok && rec.FingerprintMatches(c.fp) {
-			s.mu.Lock()
-			s.rep.Outcomes[idempotency.OutcomePermanent]++
-			s.rep.SavedByPreflight++
-			s.rep.RefusalsRemembered++
-			s.mu.Unlock()
+		if s.settled(c, active, refused) {
 			continue
 		}
 		if s.stopErr(ctx) != nil {
@@ -359,6 +407,29 @@ func (s *sweeper[In, Out]) batch(ctx context.Context, items []In) error {
 	}
 	_ = g.Wait() // the goroutines never return an error
 	return s.done(firstFailure, s.stopErr(ctx))
+}
+
+// settled counts a candidate the pre-flight settles on its own (an active
+// record the claim would not acquire, a refusal remembered) and reports
+// whether it did.
+func (s *sweeper[In, Out]) settled(c candidate[In], active, refused map[string]idempotency.Record) bool {
+	if rec, ok := active[c.key.String()]; ok {
+		o, err := preflight(s.x, s.eff, rec, c.fp)
+		if o == 0 {
+			return false
+		}
+		s.preflighted(Failure{Index: c.index, Key: c.key, Outcome: o, Err: err})
+		return true
+	}
+	if rec, ok := refused[c.key.String()]; ok && rec.FingerprintMatches(c.fp) {
+		s.mu.Lock()
+		s.rep.Outcomes[idempotency.OutcomePermanent]++
+		s.rep.SavedByPreflight++
+		s.rep.RefusalsRemembered++
+		s.mu.Unlock()
+		return true
+	}
+	return false
 }
 
 // refusals returns the last refusals, within the effect's RememberRefusal,
