@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/effectonce/effectonce/idempotency"
+	"github.com/effectonce/effectonce/internal/httptoken"
 )
 
 // DefaultHeaderName is the request header that carries the key unless
@@ -160,7 +161,7 @@ func (c *Config) resolve() (*resolved, error) {
 	if r.header == "" {
 		r.header = DefaultHeaderName
 	}
-	if !validHeaderName(r.header) {
+	if !httptoken.Valid(r.header) {
 		return nil, fmt.Errorf("%w: HeaderName %q is not a valid header field name", ErrInvalidConfig, r.header)
 	}
 	r.header = http.CanonicalHeaderKey(r.header)
@@ -178,23 +179,6 @@ func (c *Config) resolve() (*resolved, error) {
 		}
 	}
 	return r, nil
-}
-
-// validHeaderName reports whether s is an RFC 9110 token.
-func validHeaderName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // Response is what the receiver answered to a successful request. It is

@@ -9,9 +9,10 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/effectonce/effectonce/internal/httptoken"
 )
 
 // DefaultHeaderName is the request header that carries the key unless
@@ -198,7 +199,7 @@ func New(cfg *Config) *Receiver {
 	if c.HeaderName == "" {
 		c.HeaderName = DefaultHeaderName
 	}
-	if !validHeaderName(c.HeaderName) {
+	if !httptoken.Valid(c.HeaderName) {
 		panic(fmt.Sprintf("httpfake: HeaderName %q is not a valid header field name", c.HeaderName))
 	}
 	if c.Key == nil {
@@ -616,21 +617,4 @@ func (e Effect) clone() Effect {
 	e.Body = bytes.Clone(e.Body)
 	e.Request = e.Request.clone()
 	return e
-}
-
-// validHeaderName reports whether s is an RFC 9110 token.
-func validHeaderName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
