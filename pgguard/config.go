@@ -67,6 +67,7 @@ const (
 	sufMigrations  = "_migrations"
 	sufClaimFn     = "_claim"            // the claim function (migration 003)
 	sufDecideFn    = "_decide"           // the claim rule, Decide in SQL (migration 003)
+	sufClaimedType = "_claimed"          // what the claim function returns (migration 003)
 	maxSuffixLen   = len(sufStatusCheck) // the longest of the above
 	maxTableLen    = maxIdentLen - maxSuffixLen
 )
@@ -78,6 +79,7 @@ type names struct {
 	seqLiteral string // the token sequence as a string literal, for nextval
 	claimFn    string // the claim function, quoted, qualified
 	decideFn   string // the claim rule's function, quoted, qualified
+	claimed    string // the claim function's result type, quoted, qualified
 	lockKey    int64  // advisory lock key for Migrate
 	// rename maps each default name in the migration files to its rendering.
 	rename map[string]string
@@ -118,6 +120,7 @@ func (c *Config) resolve() (*names, error) {
 		seqLiteral: quoteLiteral(qualified(cfg.Table + sufTokenSeq)),
 		claimFn:    qualified(cfg.Table + sufClaimFn),
 		decideFn:   qualified(cfg.Table + sufDecideFn),
+		claimed:    qualified(cfg.Table + sufClaimedType),
 		now:        cfg.Now,
 		rename: map[string]string{
 			DefaultTable:                  qualified(cfg.Table),
@@ -131,6 +134,7 @@ func (c *Config) resolve() (*names, error) {
 			DefaultTable + sufFinished:    local(cfg.Table + sufFinished),
 			DefaultTable + sufClaimFn:     qualified(cfg.Table + sufClaimFn),
 			DefaultTable + sufDecideFn:    qualified(cfg.Table + sufDecideFn),
+			DefaultTable + sufClaimedType: qualified(cfg.Table + sufClaimedType),
 		},
 	}
 	h := fnv.New64a()

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/effectonce/effectonce/idempotency"
 )
@@ -117,16 +118,37 @@ func buildQueries(n *names) *queries {
 	t := n.table
 	q := &queries{batch: buildBatchQueries(n)}
 
-	// Claim or fetch in one statement: the claim function of migration 003
-	// (see its file and the package documentation). A repeat of a finished
-	// key, or of one held under a live lease, is one index lookup inside
-	// it; only a key the request may acquire reaches its INSERT ... ON
-	// CONFLICT. Parameters: $1 key, $2 namespace, $3 fingerprint, $4 lease
-	// (µs), $5 takeover, $6 window (µs), $7 now, $8 track, $9 reconcile.
-	// The result: the record, the verdict, and whether the row changed after
-	// the statement's snapshot (the caller re-runs it, see Claim).
-	q.claim = `SELECT ` + recordCols + `, verdict, stale FROM ` + n.claimFn + `($1::text, $2::text, $3::bytea, $4::bigint,
-	$5::boolean, $6::bigint, $7::timestamptz, $8::boolean, $9::boolean, ` + n.seqLiteral + `::regclass)`
+	// Claim or fetch in one statement. Parameters: $1 key, $2 namespace,
+	// $3 fingerprint, $4 lease (µs), $5 takeover, $6 window (µs), $7 now,
+	// $8 track, $9 reconcile.
+	//
+	//  - clock: "now", read once (clock_timestamp() is volatile and every
+	//    part must agree on it).
+	//  - cur: the key's active record and its verdict (the claim rule of
+	//    migration 003, inlined): one index lookup.
+	//  - a record the request may not acquire (finished, held under a live
+	//    lease, not due, another payload, in doubt) is the answer as it is:
+	//    nothing is written or locked, and the claim function is never
+	//    called (CASE evaluates only the branch it takes).
+	//  - otherwise the claim function of migration 003 runs the version-2
+	//    claim-or-fetch statement (INSERT ... ON CONFLICT in a CTE) and
+	//    returns the record it inserted or took over, or the one it met;
+	//    nothing, or a stale record, when the row changed after that
+	//    statement's snapshot: the caller runs this statement again (see
+	//    Claim).
+	q.claim = `SELECT ` + prefixed("(c.r)", recordCols) + `, (c.r).verdict, (c.r).stale FROM (
+	SELECT CASE WHEN cur.verdict NOT IN ('acquired', 'reconcile')
+		THEN ROW(` + prefixed("cur", recordCols) + `, cur.verdict, false)::` + n.claimed + `
+		ELSE ` + n.claimFn + `($1::text, $2::text, $3::bytea, $4::bigint, $5::boolean, $6::bigint, $7::timestamptz,
+			$8::boolean, $9::boolean, ` + n.seqLiteral + `::regclass) END AS r
+	FROM (SELECT ` + nowParam("$7") + ` AS now) AS clock
+	LEFT JOIN LATERAL (
+		SELECT ` + prefixed("l", recordCols) + `, ` + decide(n, "l", "$3::bytea", "$4::bigint", "$5::boolean", "$6::bigint", "$9::boolean", "clock.now") + ` AS verdict
+		FROM ` + t + ` AS l
+		WHERE l.key = $1::text AND l.` + activePredicate + `
+	) AS cur ON true
+) AS c
+WHERE (c.r).key IS NOT NULL`
 
 	// The fenced change: only the holder of the current token, in a state
 	// the change may start from, changes the record. Parameters: $1 key,
@@ -219,39 +241,31 @@ func prefixed(a, cols string) string {
 
 // scanRecord scans recordCols plus extra destinations.
 func scanRecord(row pgx.Row, extra ...any) (idempotency.Record, error) {
+	// Value types, not pointers to pointers: pgx plans their scans with
+	// less work and no allocation on every row.
 	var (
 		r                      idempotency.Record
 		state                  string
-		prev, reason           *string
-		lease, due, dedupUntil *time.Time
+		prev, reason           pgtype.Text
+		lease, due, dedupUntil pgtype.Timestamptz
 		evidence               []byte
 	)
-	dest := append([]any{&r.Key, &r.Namespace, &state, &prev, &r.Fingerprint, &r.Result, &r.Token, &r.Claims,
-		&r.Generation, &lease, &due, &dedupUntil, &evidence, &reason, &r.FirstClaimedAt, &r.UpdatedAt}, extra...)
+	var buf [20]any
+	dest := append(append(buf[:0], &r.Key, &r.Namespace, &state, &prev, &r.Fingerprint, &r.Result, &r.Token, &r.Claims,
+		&r.Generation, &lease, &due, &dedupUntil, &evidence, &reason, &r.FirstClaimedAt, &r.UpdatedAt), extra...)
 	if err := row.Scan(dest...); err != nil {
 		return idempotency.Record{}, err
 	}
 	r.State = idempotency.State(state)
-	if prev != nil {
-		r.PrevState = idempotency.State(*prev)
-	}
-	r.LeaseUntil, r.DueAt, r.DedupUntil = deref(lease), deref(due), deref(dedupUntil)
-	if reason != nil {
-		r.Reason = *reason
-	}
+	r.PrevState = idempotency.State(prev.String)
+	r.LeaseUntil, r.DueAt, r.DedupUntil = lease.Time, due.Time, dedupUntil.Time
+	r.Reason = reason.String
 	if len(evidence) > 2 { // "[]" is no evidence
 		if err := json.Unmarshal(evidence, &r.Evidence); err != nil {
 			return idempotency.Record{}, fmt.Errorf("evidence of %s: %w", r.Namespace, err)
 		}
 	}
 	return r, nil
-}
-
-func deref(t *time.Time) time.Time {
-	if t == nil {
-		return time.Time{}
-	}
-	return *t
 }
 
 func micros(d time.Duration) int64 {

@@ -109,13 +109,19 @@ func TestQuotedNamesLandWhereConfigured(t *testing.T) {
 	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)
 	require.Equal(t, []string{
-		table, table + "_active_key", table + "_exempt", table + "_finished", table + "_id_seq", table + "_migrations",
+		table, table + "_active_key", table + "_claimed", table + "_exempt", table + "_finished", table + "_id_seq", table + "_migrations",
 		table + "_migrations_pkey", table + "_pkey", table + "_stuck", table + "_token_seq",
 	}, got)
 
 	var n int
 	require.NoError(t, b.pool.QueryRow(b.ctx, "SELECT count(*) FROM "+pgx.Identifier{schema, table}.Sanitize()+" WHERE state = 'applied'").Scan(&n))
 	require.Equal(t, 1, n)
+	rows, err = b.pool.Query(b.ctx, `SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+		WHERE n.nspname = $1 ORDER BY 1`, schema)
+	require.NoError(t, err)
+	got, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	require.Equal(t, []string{table + "_claim", table + "_decide"}, got, "the claim functions of migration 003, renamed")
 	// Nothing landed in the search_path schema but the default ledger.
 	require.NoError(t, b.pool.QueryRow(b.ctx, "SELECT count(*) FROM effect_ledger").Scan(&n))
 	require.Equal(t, 0, n)

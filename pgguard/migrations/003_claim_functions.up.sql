@@ -48,43 +48,40 @@ SELECT CASE
 END
 $$;
 
--- Claim-or-fetch for one request; p_now NULL means clock_timestamp(), read
--- once. Returns the record, its verdict, and whether it is stale: a record
--- whose row changed after the statement's snapshot (the caller runs the
--- function again, see Store.Claim). p_token_seq is the ledger's token
--- sequence, given by the store so that this file names it only once.
+-- What effect_ledger_claim returns: a record, its verdict, and whether it
+-- is stale (its row changed after the statement's snapshot).
+DO $$
+BEGIN
+    CREATE TYPE effect_ledger_claimed AS (key text, namespace text, state text, prev_state text,
+        fingerprint bytea, result bytea, token bigint, claims integer, generation integer,
+        lease_until timestamptz, due_at timestamptz, dedup_until timestamptz, evidence jsonb, reason text,
+        first_claimed_at timestamptz, updated_at timestamptz, verdict text, stale boolean);
+EXCEPTION WHEN duplicate_object THEN
+    NULL; -- applied before: the type is there
+END
+$$;
+
+-- The claim-or-fetch statement of version 2 for one request, for a key
+-- that has no active record or one the request may acquire: Store.Claim's
+-- statement looks the key up itself and calls this function only then, so
+-- a repeat of a finished key is one index lookup that writes and locks
+-- nothing. p_now NULL means clock_timestamp(), read once. It returns the
+-- inserted or taken-over record, or the one that was there with its
+-- verdict; NULL, or a stale record, when the key's row changed after the
+-- statement's snapshot (the store runs its statement again). p_token_seq is
+-- the ledger's token sequence, given by the store so that this file names
+-- it only once.
 CREATE OR REPLACE FUNCTION effect_ledger_claim(
     p_key text, p_namespace text, p_fingerprint bytea, p_lease bigint, p_takeover boolean,
     p_window bigint, p_now timestamptz, p_track boolean, p_reconcile boolean, p_token_seq regclass)
-RETURNS TABLE (key text, namespace text, state text, prev_state text, fingerprint bytea, result bytea,
-    token bigint, claims integer, generation integer, lease_until timestamptz, due_at timestamptz,
-    dedup_until timestamptz, evidence jsonb, reason text, first_claimed_at timestamptz,
-    updated_at timestamptz, verdict text, stale boolean)
+RETURNS effect_ledger_claimed
 LANGUAGE plpgsql
 AS $$
 #variable_conflict use_column
 DECLARE
     v_now timestamptz := coalesce(p_now, clock_timestamp());
+    v effect_ledger_claimed;
 BEGIN
-    -- A record the request may not acquire (finished, held under a live
-    -- lease, not due, another payload, in doubt): one index lookup,
-    -- nothing written, nothing locked.
-    RETURN QUERY
-    SELECT l.key, l.namespace, l.state, l.prev_state, l.fingerprint, l.result, l.token, l.claims,
-        l.generation, l.lease_until, l.due_at, l.dedup_until, l.evidence, l.reason, l.first_claimed_at,
-        l.updated_at, d.verdict, false
-    FROM effect_ledger AS l,
-        LATERAL (SELECT effect_ledger_decide(l.state, l.fingerprint, l.lease_until, l.due_at, l.dedup_until,
-            l.first_claimed_at, p_fingerprint, p_lease, p_takeover, p_window, p_reconcile, v_now) AS verdict) AS d
-    WHERE l.key = p_key AND l.state NOT IN ('failed', 'revoked')
-        AND d.verdict NOT IN ('acquired', 'reconcile');
-    IF FOUND THEN
-        RETURN;
-    END IF;
-
-    -- No record, or one the request may acquire: the claim-or-fetch
-    -- statement (pgguard's package documentation, "The claim statement").
-    RETURN QUERY
     WITH cur AS (
         SELECT l.key, l.namespace, l.state, l.prev_state, l.fingerprint, l.result, l.token, l.claims,
             l.generation, l.lease_until, l.due_at, l.dedup_until, l.evidence, l.reason, l.first_claimed_at,
@@ -120,16 +117,24 @@ BEGIN
         RETURNING l.key, l.namespace, l.state, l.prev_state, l.fingerprint, l.result, l.token, l.claims,
             l.generation, l.lease_until, l.due_at, l.dedup_until, l.evidence, l.reason, l.first_claimed_at,
             l.updated_at
+    ), answer AS (
+        SELECT i.key, i.namespace, i.state, i.prev_state, i.fingerprint, i.result, i.token, i.claims,
+            i.generation, i.lease_until, i.due_at, i.dedup_until, i.evidence, i.reason, i.first_claimed_at,
+            i.updated_at, CASE WHEN i.state = 'reconciling' THEN 'reconcile' ELSE 'acquired' END AS verdict,
+            false AS stale
+        FROM ins AS i
+        UNION ALL
+        SELECT c.key, c.namespace, c.state, c.prev_state, c.fingerprint, c.result, c.token, c.claims,
+            c.generation, c.lease_until, c.due_at, c.dedup_until, c.evidence, c.reason, c.first_claimed_at,
+            c.updated_at, c.verdict, c.verdict IN ('acquired', 'reconcile')
+        FROM cur AS c
+        WHERE NOT EXISTS (SELECT FROM ins)
     )
-    SELECT i.key, i.namespace, i.state, i.prev_state, i.fingerprint, i.result, i.token, i.claims,
-        i.generation, i.lease_until, i.due_at, i.dedup_until, i.evidence, i.reason, i.first_claimed_at,
-        i.updated_at, CASE WHEN i.state = 'reconciling' THEN 'reconcile' ELSE 'acquired' END, false
-    FROM ins AS i
-    UNION ALL
-    SELECT c.key, c.namespace, c.state, c.prev_state, c.fingerprint, c.result, c.token, c.claims,
-        c.generation, c.lease_until, c.due_at, c.dedup_until, c.evidence, c.reason, c.first_claimed_at,
-        c.updated_at, c.verdict, c.verdict IN ('acquired', 'reconcile')
-    FROM cur AS c
-    WHERE NOT EXISTS (SELECT FROM ins);
+    SELECT a.key, a.namespace, a.state, a.prev_state, a.fingerprint, a.result, a.token, a.claims,
+        a.generation, a.lease_until, a.due_at, a.dedup_until, a.evidence, a.reason, a.first_claimed_at,
+        a.updated_at, a.verdict, a.stale
+    INTO v
+    FROM answer AS a;
+    RETURN v;
 END
 $$;
