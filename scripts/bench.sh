@@ -7,19 +7,22 @@
 #    this script through `scripts/test.sh -- ...`, without stripe-mock), so
 #    TEST_DATABASE_URL or the testcontainers path is set up the same way.
 # 2. Builds the benchmark binary once, then runs BENCH_COUNT rounds (default
-#    5, which keeps the whole script under 5 minutes on 2 cores; 6 gives
-#    benchstat its confidence intervals). Each round runs every benchmark
-#    once (-test.count=1), so the rounds interleave: the library and the
-#    hand-written baseline always run seconds apart, and load from elsewhere
-#    on the machine hits both alike. The benchmark count benchstat sees is
-#    BENCH_COUNT, as with go test -count=BENCH_COUNT.
-#    The per-effect benchmarks run for BENCH_MICRO_TIME (default 0.5s) each;
-#    a sweep benchmark's iteration is a whole sweep of 10,000 candidates,
-#    run once per round (-test.benchtime=1x). The server's settings are left
-#    as they are (synchronous_commit included).
+#    5, about 5 minutes on 2 cores; 6 gives benchstat its confidence
+#    intervals). Each round runs every benchmark once (-test.count=1), so the
+#    rounds interleave: the library and the hand-written baseline always run
+#    seconds apart, and load from elsewhere on the machine hits both alike.
+#    The benchmark count benchstat sees is BENCH_COUNT, as with go test
+#    -count=BENCH_COUNT. The per-effect benchmarks run for BENCH_MICRO_TIME
+#    (default 0.5s) each; a comparison's iteration is a whole sweep (or a
+#    whole set of runs) of thousands of candidates, run once per round
+#    (-test.benchtime=1x), at concurrency 8, with a zero-latency provider
+#    and with a 20 ms one. The server's settings are left as they are
+#    (synchronous_commit included).
 # 3. Saves the raw output, runs benchstat on it, and prints one summary
-#    (internal/bench/cmd/benchsummary): library ÷ hand-written throughput,
-#    batch ÷ per-candidate pre-flight, statements per outcome, and the core
+#    (internal/bench/cmd/benchsummary): the ratios of issue 16 against the
+#    hand-written pattern (all-new sweep, all-new per-item Run with group
+#    commit, repeat per-item Run, 90%-done sweep against per-candidate
+#    pre-flight), statements per sweep and per outcome, and the core
 #    executor's allocations per effect, each against its target.
 #
 # Output goes to BENCH_OUT (default $EFFECTONCE_STATE/bench, that is
@@ -45,12 +48,12 @@ out=${BENCH_OUT:-$EFFECTONCE_STATE/bench}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 raw=$out/raw.txt
-# The sweeps issue 9 asks for; BENCH_DIAGNOSTICS=1 adds BenchmarkPreflight's
+# The comparisons of issue 16; BENCH_DIAGNOSTICS=1 adds BenchmarkPreflight's
 # applied=100 case (the pre-flight alone, nothing left to do).
-sweeps='^Benchmark(Sweep|Preflight)$/^(conc=.*|applied=90)$'
-# and the sweep against a provider with 20 ms of latency.
+comparisons='^Benchmark(Sweep|Run)$'
+preflights='^BenchmarkPreflight$/^applied=90$'
 if [[ ${BENCH_DIAGNOSTICS:-0} == 1 ]]; then
-	sweeps='^Benchmark(Sweep|SweepWithLatency|Preflight)$'
+	preflights='^BenchmarkPreflight$'
 fi
 started=$SECONDS
 
@@ -69,7 +72,8 @@ server=$(cd internal/bench && "$out/bench.test" -test.run '^TestServerVersion$' 
 	echo "cpu:        $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1)"
 	echo "go:         $(go version | cut -d' ' -f3-)"
 	echo "postgresql: $server"
-	echo "rounds:     $count (per-effect benchmarks: -benchtime $micro; sweeps: -benchtime 1x)"
+	echo "rounds:     $count (per-effect benchmarks: -benchtime $micro; comparisons: -benchtime 1x)"
+	echo "load:       $(cut -d' ' -f1-3 /proc/loadavg) at the start (1, 5, 15 min)"
 } >"$out/machine.txt"
 
 : >"$raw"
@@ -79,17 +83,22 @@ for round in $(seq 1 "$count"); do
 		cd internal/bench
 		"$out/bench.test" -test.run '^$' -test.bench '^Benchmark(Effect|Executor)$' \
 			-test.benchtime "$micro" -test.benchmem -test.count 1
-		"$out/bench.test" -test.run '^$' -test.bench "$sweeps" \
+		"$out/bench.test" -test.run '^$' -test.bench "$comparisons" \
+			-test.benchtime 1x -test.benchmem -test.count 1
+		"$out/bench.test" -test.run '^$' -test.bench "$preflights" \
 			-test.benchtime 1x -test.benchmem -test.count 1
 	) >>"$raw" 2>&1 || { say "bench.sh: a benchmark failed; see $raw"; tail -n 20 "$raw"; exit 1; }
 done
 
 say "bench.sh: benchstat"
 if ! {
-	echo "# Sweep of 10,000 fresh candidates: library against hand-written, by concurrency"
+	echo "# All-new sweeps at concurrency 8: library against hand-written, by provider latency"
 	go run "$BENCHSTAT" -filter '.name:Sweep' -col /impl "$raw"
 	echo
-	echo "# Sweep of 10,000 candidates at concurrency 8: batch against per-candidate pre-flight"
+	echo "# Per-item runs at concurrency 8: group commit, plain, hand-written"
+	go run "$BENCHSTAT" -filter '.name:Run' -col /impl "$raw"
+	echo
+	echo "# 90%-done sweeps at concurrency 8: batch against per-candidate pre-flight"
 	go run "$BENCHSTAT" -filter '.name:Preflight' -col /preflight "$raw"
 	echo
 	echo "# One effect: pgguard store (Effect) and MemStore (Executor)"

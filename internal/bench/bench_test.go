@@ -17,9 +17,6 @@ const (
 	alreadyPool    = 2_000 // BenchmarkEffect/already_applied cycles over these keys
 )
 
-// sweepConcurrencies are the concurrencies BenchmarkSweep compares at.
-var sweepConcurrencies = []int{1, 8, 32}
-
 // BenchmarkEffect runs one effect through idempotency.Run and the pgguard
 // store, against the zero-latency provider.
 //
@@ -129,53 +126,119 @@ func BenchmarkExecutor(b *testing.B) {
 	})
 }
 
-// BenchmarkSweep sweeps 10,000 candidates with fresh keys per iteration,
-// at each concurrency, through the library (sweep.Run with the pgguard
-// store) and by hand (pre-flight SELECT, provider call, INSERT with a
-// 23505 catch on the domain table's partial unique index). The two sides
-// of each concurrency run back to back. The pool has one connection per
-// worker; both tables hold the same history; nothing changes the server's
-// settings (synchronous_commit stays as configured).
+// The comparisons of issue 16 run at concurrency 8, with a zero-latency
+// provider (the database and the library are all there is to measure) and
+// with one whose every call takes 20 ms (a fast real API's round trip).
+const (
+	benchConc    = 8
+	benchLatency = 20 * time.Millisecond
+	freshN       = 4_000 // fresh candidates per iteration, zero latency
+	freshSlowN   = 1_000 // ... with a 20 ms provider (the run is bounded by 8 / 20 ms)
+	repeatN      = 4_000 // finished candidates per repeat iteration
+)
+
+// latencies are the provider latencies every comparison runs at, by name.
+var latencies = []struct {
+	name string
+	d    time.Duration
+	n    int
+}{{"0ms", 0, freshN}, {"20ms", benchLatency, freshSlowN}}
+
+// BenchmarkSweep sweeps fresh candidates at concurrency 8 through the
+// library (sweep.Run with the pgguard store: one pre-flight, one ClaimMany
+// per batch of 500, runs from their claims, completions in groups) and by
+// hand (pre-flight SELECT, provider call, INSERT with a 23505 catch on the
+// domain table's partial unique index, bounded by an errgroup). The two
+// sides run back to back. The pool has one connection per worker; both
+// tables hold the same history; nothing changes the server's settings
+// (synchronous_commit stays as configured).
 //
-// One iteration is one whole sweep: run it with -benchtime=1x (the
-// script does). Metrics: effects/s and statements per effect.
+// One iteration is one whole sweep: run it with -benchtime=1x (the script
+// does). Metrics: effects/s and statements per effect.
 func BenchmarkSweep(b *testing.B) {
-	for _, conc := range sweepConcurrencies {
+	for _, lat := range latencies {
 		for _, impl := range []string{"library", "handwritten"} {
-			b.Run(fmt.Sprintf("conc=%d/impl=%s", conc, impl), func(b *testing.B) {
-				benchSweep(b, impl, conc, sweepSize, 0)
+			b.Run(fmt.Sprintf("latency=%s/conc=%d/impl=%s", lat.name, benchConc, impl), func(b *testing.B) {
+				f := newFixture(b, benchConc)
+				run := f.librarySweep
+				if impl == "handwritten" {
+					run = f.handwrittenSweep
+				}
+				benchFresh(b, f, run, lat.n, lat.d)
 			})
 		}
 	}
 }
 
-// BenchmarkSweepWithLatency is BenchmarkSweep at concurrency 8 with a
-// provider whose every call takes 20 ms, a fast real API's round trip, over
-// 1,000 candidates per iteration: how much of the claim's extra write is
-// left once the provider costs something. A diagnostic (bench.sh runs it
-// with BENCH_DIAGNOSTICS=1); issue 9's figures use the zero-latency fake.
-func BenchmarkSweepWithLatency(b *testing.B) {
-	for _, impl := range []string{"library", "handwritten"} {
-		b.Run("latency=20ms/conc=8/impl="+impl, func(b *testing.B) {
-			benchSweep(b, impl, 8, 1000, 20*time.Millisecond)
+// BenchmarkRun runs candidates one idempotency.Run each, 8 at once, as
+// queue consumers or webhook handlers do, against the hand-written pattern
+// run the same way:
+//
+//   - new/impl=groupcommit: fresh keys, the executor's store wrapped in
+//     idempotency.GroupCommit (MaxBatch 8, window 2 ms): the claims of the
+//     8 runs in one statement, their completions in another.
+//   - new/impl=plain: fresh keys, one claim and one completion per run.
+//   - repeat/impl=plain: keys finished beforehand (set-based SQL): one
+//     claim-or-fetch per run, no provider call; against the hand-written
+//     pre-flight SELECT that finds the row.
+//   - repeat/impl=groupcommit: the same through GroupCommit (diagnostic).
+//
+// Metric: effects/s (runs per second, whatever they did) and statements
+// per effect.
+func BenchmarkRun(b *testing.B) {
+	for _, lat := range latencies {
+		for _, impl := range []string{"groupcommit", "plain", "handwritten"} {
+			if lat.d > 0 && impl == "plain" {
+				continue // the 20 ms comparison is group commit's
+			}
+			b.Run(fmt.Sprintf("new/latency=%s/conc=%d/impl=%s", lat.name, benchConc, impl), func(b *testing.B) {
+				f := newFixture(b, benchConc)
+				benchFresh(b, f, f.runner(b, impl), lat.n, lat.d)
+			})
+		}
+	}
+	for _, impl := range []string{"plain", "groupcommit", "handwritten"} {
+		b.Run(fmt.Sprintf("repeat/latency=0ms/conc=%d/impl=%s", benchConc, impl), func(b *testing.B) {
+			f := newFixture(b, benchConc)
+			run := f.runner(b, impl)
+			f.seedHistory(b, historyRows)
+			done := grants(repeatN, 2)
+			f.seedApplied(b, done)
+			f.seedDomain(b, done)
+			f.analyze(b)
+			f.warm(b, benchConc)
+			if _, err := run(done[:4*benchConc], benchConc); err != nil {
+				b.Fatal(err)
+			}
+			f.count.Reset()
+			calls := f.prov.calls.Load()
+			for b.Loop() {
+				got, err := run(done, benchConc)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if got.AlreadyApplied != repeatN {
+					b.Fatalf("a repeat must find every candidate done: %s", got)
+				}
+			}
+			if f.prov.calls.Load() != calls {
+				b.Fatal("a repeat called the provider")
+			}
+			effects := float64(repeatN * b.N)
+			b.ReportMetric(effects/b.Elapsed().Seconds(), "effects/s")
+			b.ReportMetric(float64(f.count.Count())/effects, "statements/effect")
 		})
 	}
 }
 
-// benchSweep runs one sweep of n fresh candidates per iteration through
-// impl ("library" or "handwritten") at concurrency conc, against a
-// provider taking latency per call, and reports effects/s and statements
-// per effect.
-func benchSweep(b *testing.B, impl string, conc, n int, latency time.Duration) {
-	f := newFixture(b, conc)
-	run := f.librarySweep
-	if impl == "handwritten" {
-		run = f.handwrittenSweep
-	}
+// benchFresh runs n fresh candidates per iteration through run at
+// concurrency 8, against a provider taking latency per call, and reports
+// effects/s and statements per effect.
+func benchFresh(b *testing.B, f *fixture, run func([]grant, int) (sweepCounts, error), n int, latency time.Duration) {
 	f.seedHistory(b, historyRows)
-	f.warm(b, conc)
-	// A small sweep first warms every connection's statement cache.
-	if _, err := run(grants(4*conc, 1), conc); err != nil {
+	f.warm(b, benchConc)
+	// A small pass first warms every connection's statement cache.
+	if _, err := run(grants(4*benchConc, 1), benchConc); err != nil {
 		b.Fatal(err)
 	}
 	f.prov.latency = latency
@@ -183,12 +246,12 @@ func benchSweep(b *testing.B, impl string, conc, n int, latency time.Duration) {
 	milestone := int64(100)
 	for b.Loop() {
 		milestone++ // fresh keys: the same work every iteration
-		got, err := run(grants(n, milestone), conc)
+		got, err := run(grants(n, milestone), benchConc)
 		if err != nil {
 			b.Fatal(err)
 		}
 		if got.Applied != n || got.ProviderCalls != n {
-			b.Fatalf("sweep did not apply every candidate once: %s", got)
+			b.Fatalf("did not apply every candidate once: %s", got)
 		}
 	}
 	effects := float64(n * b.N)
@@ -196,43 +259,52 @@ func benchSweep(b *testing.B, impl string, conc, n int, latency time.Duration) {
 	b.ReportMetric(float64(f.count.Count())/effects, "statements/effect")
 }
 
-// BenchmarkPreflight sweeps 10,000 candidates of which a share is already
-// applied (recorded by set-based SQL before each iteration, outside the
-// timer), at concurrency 8: the library's batch pre-flight (sweep.Run, one
-// Lookup query per batch of 500) against a per-candidate pre-flight (one
-// Lookup query per candidate, then idempotency.Run for the missing ones).
+// BenchmarkPreflight sweeps candidates of which 90% are already applied
+// (recorded by set-based SQL before each iteration, outside the timer), at
+// concurrency 8: the library's sweep (preflight=batch: one Lookup and one
+// ClaimMany per batch of 500, completions in groups) against a
+// per-candidate pre-flight (one Lookup query per candidate, then
+// idempotency.Run for the missing ones): 10,000 candidates with the
+// zero-latency provider, 4,000 with the 20 ms one.
 //
-//   - applied=90: the comparison of issue 9 (1,000 candidates still to do).
-//   - applied=100: nothing to do, so only the pre-flight is measured.
+// applied=100 (a diagnostic the script runs with BENCH_DIAGNOSTICS=1):
+// nothing to do, so only the pre-flight is measured.
 //
 // Metrics: candidates/s and statements per sweep.
 func BenchmarkPreflight(b *testing.B) {
-	const conc = 8
-	for _, applied := range []int{appliedPercent, 100} {
+	type shape struct {
+		applied int
+		lat     string
+		d       time.Duration
+		n       int
+	}
+	for _, sh := range []shape{{appliedPercent, "0ms", 0, sweepSize}, {appliedPercent, "20ms", benchLatency, 4_000}, {100, "0ms", 0, sweepSize}} {
 		for _, mode := range []string{"batch", "per_candidate"} {
-			b.Run(fmt.Sprintf("applied=%d/preflight=%s", applied, mode), func(b *testing.B) {
-				f := newFixture(b, conc)
+			b.Run(fmt.Sprintf("applied=%d/latency=%s/preflight=%s", sh.applied, sh.lat, mode), func(b *testing.B) {
+				f := newFixture(b, benchConc)
 				run := f.librarySweep
 				if mode == "per_candidate" {
 					run = f.perCandidateSweep
 				}
 				f.seedHistory(b, historyRows)
-				f.warm(b, conc)
-				if _, err := run(grants(4*conc, 1), conc); err != nil {
+				f.warm(b, benchConc)
+				if _, err := run(grants(4*benchConc, 1), benchConc); err != nil {
 					b.Fatal(err)
 				}
+				f.prov.latency = sh.d
 				milestone := int64(100)
 				statements := 0
 				for b.Loop() {
 					b.StopTimer()
 					milestone++ // fresh keys: the same work every iteration
-					gs, done := preflightCandidates(milestone, applied)
+					gs, done := preflightCandidates(milestone, sh.applied)
+					gs, done = gs[:sh.n], done[:sh.n*sh.applied/100]
 					f.seedApplied(b, done)
 					f.analyze(b)
 					before := f.count.Count()
 					b.StartTimer()
 
-					got, err := run(gs, conc)
+					got, err := run(gs, benchConc)
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -242,7 +314,7 @@ func BenchmarkPreflight(b *testing.B) {
 						b.Fatalf("unexpected sweep: %s", got)
 					}
 				}
-				b.ReportMetric(float64(sweepSize*b.N)/b.Elapsed().Seconds(), "candidates/s")
+				b.ReportMetric(float64(sh.n*b.N)/b.Elapsed().Seconds(), "candidates/s")
 				b.ReportMetric(float64(statements)/float64(b.N), "statements/op")
 			})
 		}

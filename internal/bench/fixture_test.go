@@ -101,6 +101,9 @@ type fixture struct {
 	exec  *idempotency.Executor
 	prov  *provider
 	eff   *idempotency.Effect[grant, string]
+	// sweepCfg, when set, adjusts librarySweep's configuration (tests
+	// that count statements stop the flush timer).
+	sweepCfg func(*sweep.Config)
 }
 
 func newFixture(tb testing.TB, maxConns int) *fixture {
@@ -263,11 +266,15 @@ func (c sweepCounts) String() string {
 		c.Applied, c.AlreadyApplied, c.ProviderCalls, c.Lookups)
 }
 
-// librarySweep runs gs through sweep.Run with the pgguard store: one
-// Lookup per batch of 500, then idempotency.Run for the rest, at most conc
-// at once.
+// librarySweep runs gs through sweep.Run with the pgguard store: per batch
+// of 500 one Lookup, one ClaimMany for the rest, their runs at most conc at
+// once, completions written in groups.
 func (f *fixture) librarySweep(gs []grant, conc int) (sweepCounts, error) {
-	rep, err := sweep.Run(f.ctx, f.exec, f.eff, sweep.Slice(gs), &sweep.Config{Concurrency: conc})
+	cfg := &sweep.Config{Concurrency: conc}
+	if f.sweepCfg != nil {
+		f.sweepCfg(cfg)
+	}
+	rep, err := sweep.Run(f.ctx, f.exec, f.eff, sweep.Slice(gs), cfg)
 	if err == nil && len(rep.Failures) > 0 {
 		err = fmt.Errorf("%d failures, first: %v", len(rep.Failures), rep.Failures[0])
 	}
@@ -324,6 +331,76 @@ func (f *fixture) perCandidateSweep(gs []grant, conc int) (sweepCounts, error) {
 		ProviderCalls:  int(f.prov.calls.Load() - calls),
 		Lookups:        int(lookups.Load()),
 	}, err
+}
+
+// runner returns how BenchmarkRun runs candidates for impl: one
+// idempotency.Run each through the plain executor ("plain") or one whose
+// store is wrapped in idempotency.GroupCommit ("groupcommit"), or the
+// hand-written pattern ("handwritten"), at most conc at once.
+func (f *fixture) runner(tb testing.TB, impl string) func([]grant, int) (sweepCounts, error) {
+	switch impl {
+	case "plain":
+		return func(gs []grant, conc int) (sweepCounts, error) { return f.libraryRuns(f.exec, gs, conc) }
+	case "groupcommit":
+		g, err := idempotency.GroupCommit(f.store, &idempotency.GroupCommitConfig{MaxBatch: benchConc, Window: groupWindow})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		x, err := idempotency.NewExecutor(g, nil)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return func(gs []grant, conc int) (sweepCounts, error) { return f.libraryRuns(x, gs, conc) }
+	case "handwritten":
+		return f.handwrittenSweep
+	}
+	tb.Fatalf("no runner %q", impl)
+	return nil
+}
+
+// groupWindow is BenchmarkRun's group-commit window.
+const groupWindow = 2 * time.Millisecond
+
+// libraryRuns runs gs one idempotency.Run each on x, at most conc at once.
+func (f *fixture) libraryRuns(x *idempotency.Executor, gs []grant, conc int) (sweepCounts, error) {
+	var applied, already atomic.Int64
+	calls := f.prov.calls.Load()
+	var g errgroup.Group
+	g.SetLimit(conc)
+	for _, in := range gs {
+		g.Go(func() error {
+			res, err := idempotency.Run(f.ctx, x, f.eff, in)
+			if err != nil {
+				return err
+			}
+			switch res.Outcome {
+			case idempotency.OutcomeApplied:
+				applied.Add(1)
+			case idempotency.OutcomeAlreadyApplied:
+				already.Add(1)
+			default:
+				return fmt.Errorf("user %d: outcome %s", in.User, res.Outcome)
+			}
+			return nil
+		})
+	}
+	err := g.Wait()
+	return sweepCounts{Applied: int(applied.Load()), AlreadyApplied: int(already.Load()),
+		ProviderCalls: int(f.prov.calls.Load() - calls)}, err
+}
+
+// seedDomain records gs in the hand-written side's domain table, as its
+// pattern would have, in one set-based statement.
+func (f *fixture) seedDomain(tb testing.TB, gs []grant) {
+	tb.Helper()
+	users := make([]int64, len(gs))
+	for i, g := range gs {
+		users[i] = g.User
+	}
+	if _, err := f.pool.Exec(f.ctx, `INSERT INTO loyalty_discounts (user_id, milestone, percent, promo_code, status)
+		SELECT u, $2::bigint, 10, $3::text, 'applied' FROM unnest($1::bigint[]) AS u`, users, gs[0].Milestone, fakeCode); err != nil {
+		tb.Fatalf("seed domain: %v", err)
+	}
 }
 
 // The hand-written pattern's two statements.

@@ -1,14 +1,15 @@
 // Command benchsummary reads the raw output of the benchmarks in
 // internal/bench (go test -bench format, any number of rounds
-// concatenated) and prints one summary: the ratios issue 9 asks for and
-// whether each target is met.
+// concatenated) and prints one summary: the ratios issue 16 asks for,
+// each against its target, and the statement counts and allocations of
+// earlier issues.
 //
 //	benchsummary [-strict] raw.txt...
 //
 // Figures are medians over the rounds; a ratio also shows the range of the
 // per-round ratios (round i of one benchmark against round i of the other,
-// which ran minutes apart at most). With -strict the exit status is 1 when
-// a target is missed; it is 2 when a benchmark is absent from the input.
+// which ran seconds apart). With -strict the exit status is 1 when a target
+// is missed; it is 2 when a benchmark is absent from the input.
 package main
 
 import (
@@ -23,31 +24,34 @@ import (
 	"strings"
 )
 
-// Targets of issue 9.
+// Targets of issue 16 (ratios at concurrency 8), and of issue 9 (statements
+// per outcome, allocations).
 const (
-	minLibraryRatio      = 0.90 // library ÷ hand-written throughput at concurrency 8
-	targetConcurrency    = 8
-	minPreflightSpeedup  = 5.0 // batch ÷ per-candidate pre-flight, 90% applied
-	maxExecutorAllocs    = 30  // core executor, allocations per effect
-	maxFirstTimeStmts    = 2   // DESIGN.md: claim, complete
+	minSweepRatio        = 1.5  // all-new sweep ÷ hand-written, zero latency
+	minSweepSlowRatio    = 1.0  // ... with a 20 ms provider
+	minGroupCommitRatio  = 1.0  // all-new per-item Run with group commit ÷ hand-written
+	minRepeatRatio       = 0.9  // repeat per-item Run ÷ hand-written pre-flight
+	minPreflightSpeedup  = 5.0  // 90%-done sweep, batch ÷ per-candidate
+	maxSweepStatements   = 10.0 // statements for a sweep of 1,000 fresh candidates
+	maxExecutorAllocs    = 30   // core executor, allocations per effect
+	maxFirstTimeStmts    = 2    // DESIGN.md: claim, complete
 	alreadyAppliedStmts  = 1
-	preflightAppliedPct  = 90
-	preflightAlonePct    = 100
-	sweepUnit            = "effects/s"
-	preflightUnit        = "candidates/s"
+	effectsUnit          = "effects/s"
+	candidatesUnit       = "candidates/s"
 	statementsUnit       = "statements/op"
+	statementsPerEffect  = "statements/effect"
 	providerCallsUnit    = "provider-calls/op"
 	allocsUnit           = "allocs/op"
 	nsUnit               = "ns/op"
-	benchSweep           = "BenchmarkSweep/conc=%d/impl=%s"
-	benchPreflight       = "BenchmarkPreflight/applied=%d/preflight=%s"
+	benchSweep           = "BenchmarkSweep/latency=%s/conc=8/impl=%s"
+	benchRunNew          = "BenchmarkRun/new/latency=%s/conc=8/impl=%s"
+	benchRunRepeat       = "BenchmarkRun/repeat/latency=0ms/conc=8/impl=%s"
+	benchPreflight       = "BenchmarkPreflight/applied=%d/latency=%s/preflight=%s"
 	benchEffect          = "BenchmarkEffect/outcome=%s"
 	benchExecutor        = "BenchmarkExecutor/outcome=%s"
 	exitMissedTarget     = 1
 	exitMissingBenchmark = 2
 )
-
-var sweepConcurrencies = []int{1, 8, 32}
 
 // results maps a benchmark name (without the -GOMAXPROCS suffix) and a
 // unit to the values of every round, in input order.
@@ -166,58 +170,62 @@ func (s *summary) verdict(ok bool, what, missedBy string) string {
 	return "MISSED (" + missedBy + ")"
 }
 
-func (s *summary) sweeps() {
-	s.printf("Sweep of 10,000 fresh candidates, library ÷ hand-written throughput (effects/s):\n")
-	for _, c := range sweepConcurrencies {
-		lib, hand := fmt.Sprintf(benchSweep, c, "library"), fmt.Sprintf(benchSweep, c, "handwritten")
-		r, lo, hi, err := s.ratio(lib, hand, sweepUnit)
-		if err != nil {
-			s.printf("  conc=%-3d (no data)\n", c)
-			continue
-		}
-		line := fmt.Sprintf("  conc=%-3d %5.2f×  (rounds %.2f–%.2f)", c, r, lo, hi)
-		if c == targetConcurrency {
-			line += fmt.Sprintf("   target ≥ %.2f×: %s", minLibraryRatio,
-				s.verdict(r >= minLibraryRatio, fmt.Sprintf("library ÷ hand-written at concurrency %d", c),
-					fmt.Sprintf("%.2f×, %.0f%% short", r, 100*(1-r/minLibraryRatio))))
-		}
-		s.printf("%s\n", line)
+// comparison prints one ratio line, with its target when min > 0.
+func (s *summary) comparison(label, a, b, unit string, min float64, what string) {
+	r, lo, hi, err := s.ratio(a, b, unit)
+	if err != nil {
+		s.printf("  %-46s (no data)\n", label)
+		return
 	}
-	if lib, err := s.median(fmt.Sprintf(benchSweep, targetConcurrency, "library"), "statements/effect"); err == nil {
-		if hand, err := s.median(fmt.Sprintf(benchSweep, targetConcurrency, "handwritten"), "statements/effect"); err == nil {
-			s.printf("  statements per effect at conc=%d: library %.3f, hand-written %.3f\n", targetConcurrency, lib, hand)
-		}
+	line := fmt.Sprintf("  %-46s %6.2f×  (rounds %.2f–%.2f)", label, r, lo, hi)
+	if min > 0 {
+		line += fmt.Sprintf("   target ≥ %.2g×: %s", min,
+			s.verdict(r >= min, what, fmt.Sprintf("%.2f×, %.0f%% short", r, 100*(1-r/min))))
+	}
+	s.printf("%s\n", line)
+}
+
+func (s *summary) sweeps() {
+	s.printf("All-new sweep (sweep.Run) ÷ hand-written, concurrency 8, effects/s:\n")
+	s.comparison("zero-latency provider (4,000 candidates)", fmt.Sprintf(benchSweep, "0ms", "library"), fmt.Sprintf(benchSweep, "0ms", "handwritten"),
+		effectsUnit, minSweepRatio, "all-new sweep ÷ hand-written, zero latency")
+	s.comparison("20 ms provider (1,000 candidates)", fmt.Sprintf(benchSweep, "20ms", "library"), fmt.Sprintf(benchSweep, "20ms", "handwritten"),
+		effectsUnit, minSweepSlowRatio, "all-new sweep ÷ hand-written, 20 ms provider")
+	if lib, err := s.median(fmt.Sprintf(benchSweep, "0ms", "library"), statementsPerEffect); err == nil {
+		n := lib * 1000
+		s.printf("  %-46s %6.1f   target ≤ %.0f: %s\n", "statements per 1,000 fresh candidates", n, maxSweepStatements,
+			s.verdict(n <= maxSweepStatements, "statements for a sweep of 1,000 fresh candidates", fmt.Sprintf("%.1f", n)))
 	}
 }
 
+func (s *summary) runs() {
+	s.printf("Per-item idempotency.Run, 8 at once, ÷ hand-written, effects/s:\n")
+	s.comparison("all new, group commit, zero latency", fmt.Sprintf(benchRunNew, "0ms", "groupcommit"), fmt.Sprintf(benchRunNew, "0ms", "handwritten"),
+		effectsUnit, minGroupCommitRatio, "all-new per-item Run with group commit ÷ hand-written")
+	s.comparison("all new, group commit, 20 ms provider", fmt.Sprintf(benchRunNew, "20ms", "groupcommit"), fmt.Sprintf(benchRunNew, "20ms", "handwritten"),
+		effectsUnit, 0, "")
+	s.comparison("all new, no group commit, zero latency", fmt.Sprintf(benchRunNew, "0ms", "plain"), fmt.Sprintf(benchRunNew, "0ms", "handwritten"),
+		effectsUnit, 0, "")
+	s.comparison("repeat ÷ hand-written pre-flight", fmt.Sprintf(benchRunRepeat, "plain"), fmt.Sprintf(benchRunRepeat, "handwritten"),
+		effectsUnit, minRepeatRatio, "repeat per-item Run ÷ hand-written pre-flight")
+	s.comparison("repeat with group commit ÷ hand-written", fmt.Sprintf(benchRunRepeat, "groupcommit"), fmt.Sprintf(benchRunRepeat, "handwritten"),
+		effectsUnit, 0, "")
+}
+
 func (s *summary) preflight() {
-	s.printf("Sweep of 10,000 candidates at conc=8, batch ÷ per-candidate pre-flight (candidates/s):\n")
-	for _, pct := range []int{preflightAppliedPct, preflightAlonePct} {
-		batch, per := fmt.Sprintf(benchPreflight, pct, "batch"), fmt.Sprintf(benchPreflight, pct, "per_candidate")
-		if pct == preflightAlonePct && (s.res[batch] == nil || s.res[per] == nil) {
-			continue // a diagnostic scripts/bench.sh runs only with BENCH_DIAGNOSTICS=1
-		}
-		r, lo, hi, err := s.ratio(batch, per, preflightUnit)
-		if err != nil {
-			s.printf("  %d%% already applied: (no data)\n", pct)
-			continue
-		}
-		label := fmt.Sprintf("%d%% already applied", pct)
-		if pct == preflightAlonePct {
-			label += " (pre-flight alone)"
-		}
-		line := fmt.Sprintf("  %-40s %6.2f×  (rounds %.2f–%.2f)", label, r, lo, hi)
-		if pct == preflightAppliedPct {
-			line += fmt.Sprintf("   target ≥ %.0f×: %s", minPreflightSpeedup,
-				s.verdict(r >= minPreflightSpeedup, "batch ÷ per-candidate pre-flight",
-					fmt.Sprintf("%.2f×, %.0f%% short", r, 100*(1-r/minPreflightSpeedup))))
-		}
-		s.printf("%s\n", line)
-		bs, err1 := s.median(batch, statementsUnit)
-		ps, err2 := s.median(per, statementsUnit)
-		if err1 == nil && err2 == nil {
-			s.printf("  %-40s statements per sweep: batch %.0f, per-candidate %.0f\n", "", bs, ps)
-		}
+	s.printf("90%%-done sweep at concurrency 8, batch ÷ per-candidate pre-flight, candidates/s:\n")
+	s.comparison("zero-latency provider (10,000 candidates)", fmt.Sprintf(benchPreflight, 90, "0ms", "batch"), fmt.Sprintf(benchPreflight, 90, "0ms", "per_candidate"),
+		candidatesUnit, minPreflightSpeedup, "90%-done sweep, batch ÷ per-candidate")
+	s.comparison("20 ms provider (4,000 candidates)", fmt.Sprintf(benchPreflight, 90, "20ms", "batch"), fmt.Sprintf(benchPreflight, 90, "20ms", "per_candidate"),
+		candidatesUnit, 0, "")
+	batch, per := fmt.Sprintf(benchPreflight, 100, "0ms", "batch"), fmt.Sprintf(benchPreflight, 100, "0ms", "per_candidate")
+	if s.res[batch] != nil && s.res[per] != nil { // BENCH_DIAGNOSTICS=1
+		s.comparison("100% done: the pre-flight alone", batch, per, candidatesUnit, 0, "")
+	}
+	bs, err1 := s.median(fmt.Sprintf(benchPreflight, 90, "0ms", "batch"), statementsUnit)
+	ps, err2 := s.median(fmt.Sprintf(benchPreflight, 90, "0ms", "per_candidate"), statementsUnit)
+	if err1 == nil && err2 == nil {
+		s.printf("  %-46s batch %.0f, per-candidate %.0f\n", "statements per sweep (zero latency)", bs, ps)
 	}
 }
 
@@ -286,7 +294,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitMissingBenchmark
 	}
 	s := &summary{res: res, w: stdout}
-	for _, part := range []func(){s.sweeps, s.preflight, s.statements, s.allocations} {
+	for _, part := range []func(){s.sweeps, s.runs, s.preflight, s.statements, s.allocations} {
 		part()
 	}
 	s.printf("Targets: %d met, %d missed (medians of %d rounds).\n", s.met, len(s.missed), s.samples)
