@@ -103,6 +103,7 @@ const (
 	envCrash       = "PROOF_CRASH"        // where to SIGKILL this process: see crashPoint
 	envCrashAt     = "PROOF_CRASH_AT"     // the intent index whose run crashes
 	envUncalled    = "PROOF_UNCALLED"     // "1": the effect records call starts (ExpiredRetryUncalled)
+	envBatch       = "PROOF_BATCH"        // "1": the sweep claims and completes in batches (see batch_test.go)
 )
 
 // Crash points: the step boundaries of one effect.
@@ -146,7 +147,15 @@ func workerMain() int {
 			return next(ctx)
 		})
 	}
-	exec, err := idempotency.NewExecutor(store, &idempotency.Config{Now: now, Middleware: mw})
+	kill := func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL); select {} }
+	// The tests of this file prove the step boundaries of one run: their
+	// sweeps claim run by run. PROOF_BATCH=1 keeps the store's batch
+	// capability (batch claims, grouped completions) and its crash points.
+	var st idempotency.Store = oneByOne{store}
+	if os.Getenv(envBatch) == "1" {
+		st = &batchCrasher{Store: store, crash: crash, kill: kill}
+	}
+	exec, err := idempotency.NewExecutor(st, &idempotency.Config{Now: now, Middleware: mw})
 	if err != nil {
 		return fail(err)
 	}
@@ -160,8 +169,7 @@ func workerMain() int {
 		// waits, and the parent kills us during that wait.
 		cfg.Limiter = rate.NewLimiter(rate.Every(time.Hour), 1)
 	}
-	kill := func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL); select {} }
-	if crash != "" && crash != crashWaitingForToken {
+	if crash != "" && crash != crashWaitingForToken && !batchCrash(crash) {
 		call := eff.Call
 		eff.Call = func(ctx context.Context, k idempotency.Key, in intent) (stripeeffect.PromotionCodeResult, error) {
 			if in.ID != crashAt {
@@ -181,6 +189,15 @@ func workerMain() int {
 		}
 		eff.OnComplete = func(ctx context.Context, in intent, _ stripeeffect.PromotionCodeResult) error {
 			if crash == crashDuringCompletion && in.ID == crashAt {
+				kill()
+			}
+			return nil
+		}
+	}
+	if crash == crashDuringGroupedCompletion {
+		// Dies inside the transaction that writes a group of completions.
+		eff.OnComplete = func(ctx context.Context, in intent, _ stripeeffect.PromotionCodeResult) error {
+			if in.ID == crashAt {
 				kill()
 			}
 			return nil
