@@ -176,7 +176,7 @@ UPDATE ` + t + ` AS l SET
 	evidence = jsonb_path_query_array(l.evidence || $7::jsonb, ` + evidenceTrim + `),
 	updated_at = clock.now
 FROM clock
-WHERE l.key = $1::text AND l.token = $2::bigint AND l.state = ANY($4::text[])
+WHERE l.key = $1::text AND l.` + activePredicate + ` AND l.token = $2::bigint AND l.state = ANY($4::text[])
 	AND ($14::boolean OR NOT (l.state IN ('claimed', 'calling', 'reconciling') AND clock.now < l.lease_until))
 RETURNING ` + prefixed("l", recordCols)
 
