@@ -75,27 +75,39 @@
 //
 // # The claim statement
 //
-// Claim-or-fetch is one statement with three parts, all under one
-// snapshot:
+// Claim is one statement. It looks the key's active record up through the
+// active-key index and decides on it with <table>_decide, the claim rule
+// (idempotency.Decide) written once in SQL by migration 003 and inlined
+// into the plan:
 //
-//	WITH clock AS MATERIALIZED (SELECT <now>),
-//	cur AS (SELECT <the active row>, <idempotency.Decide in SQL> AS verdict ...),
+//	SELECT CASE WHEN cur.verdict NOT IN ('acquired', 'reconcile')
+//	            THEN <the record as it is, with its verdict>
+//	            ELSE <table>_claim(<the request>) END
+//	FROM (SELECT <now>) AS clock
+//	LEFT JOIN LATERAL (SELECT <the active row>, <table>_decide(...) AS verdict ...) AS cur ON true
+//
+// When the record is one the request may not acquire (finished, held under
+// a live lease, not due, another payload, in doubt), that lookup is the
+// answer: a repeat writes nothing and takes no row lock, so repeats leave no
+// dead tuples, no WAL, and never queue behind each other. Only a missing
+// key, or a record the request may acquire, reaches <table>_claim, which
+// runs the claim-or-fetch:
+//
+//	WITH cur AS (SELECT <the active row>, <table>_decide(...) AS verdict ...),
 //	ins AS (INSERT ... SELECT ... WHERE NOT EXISTS (SELECT FROM cur WHERE verdict does not acquire)
 //	        ON CONFLICT (key) WHERE state NOT IN ('failed', 'revoked')
-//	        DO UPDATE SET state = <the state the verdict moves it to>, token = EXCLUDED.token, claims = claims + 1, ...
-//	        WHERE <the verdict, on the locked latest row version> acquires
+//	        DO UPDATE SET state = <the state the verdict moves it to>, token = <next>, claims = claims + 1, ...
+//	        WHERE <table>_decide(<the locked latest row version>) acquires
 //	        RETURNING ...)
 //	SELECT ..., <acquired or reconcile> FROM ins
 //	UNION ALL SELECT ..., verdict FROM cur WHERE NOT EXISTS (SELECT FROM ins)
 //
-// When the snapshot shows a record the verdict does not acquire (finished,
-// held under a live lease, not due, in doubt), the INSERT never runs: a
-// repeat writes nothing and takes no row lock, so repeats leave no dead
-// tuples, no WAL, and never queue behind each other. Otherwise the INSERT
-// arbitrates through the unique index; on a conflict, DO UPDATE locks the
-// latest committed version of the row and decides again there, so two
-// workers can never both take over one claim. Its WHERE turns "not
-// acquired" into a no-op instead of an update.
+// The INSERT arbitrates through the unique index; on a conflict, DO UPDATE
+// locks the latest committed version of the row and decides again there, so
+// two workers can never both take over one claim. Its WHERE turns "not
+// acquired" into a no-op instead of an update. ClaimMany (BatchStore) does
+// the same for a whole batch in one statement over unnest arrays, with keys
+// sorted so that overlapping batches lock rows in one order.
 //
 // The alternatives weighed:
 //

@@ -4,12 +4,12 @@
 -- The table does not change. effect_ledger_decide is idempotency.Decide in
 -- SQL, written once: the claim below and the store's batch claim
 -- (ClaimMany) both call it, and PostgreSQL inlines it into their plans.
--- effect_ledger_claim is Store.Claim's one statement: a repeat of a finished
--- key, or of a key held under a live lease, is answered by a plain index
--- lookup that writes and locks nothing; only a key the request may acquire
--- goes on to the claim-or-fetch statement of version 2 (an INSERT ... ON
--- CONFLICT in a CTE), whose mere presence cost a repeat about 1.7 times a
--- lookup. Both functions are CREATE OR REPLACE: applying this file again
+-- effect_ledger_claim is the claim-or-fetch statement of version 2 (an
+-- INSERT ... ON CONFLICT in a CTE) as a function. Store.Claim's statement
+-- looks the key up and decides first, and calls it only for a key the
+-- request may acquire: a repeat of a finished key, or of a key held under a
+-- live lease, is a plain index lookup that writes and locks nothing (the
+-- CTE's mere presence cost a repeat about 1.7 times a lookup). Both functions are CREATE OR REPLACE: applying this file again
 -- changes nothing.
 
 -- Decide's verdict for an active record (its state, fingerprint, lease, due
