@@ -27,9 +27,19 @@ func (s *sweeper[In, Out]) claimed(ctx context.Context, bs idempotency.BatchStor
 		s.unstarted(len(todo))
 		return
 	}
+	// An effect that parks an expired claim (ExpiredPark) would find, after
+	// a crash, every key of the batch in doubt, most of them never sent: a
+	// batch is claimed long before its last call. Its batch is claimed as
+	// "nothing sent yet" instead, and each run records the start of its own
+	// call (one statement per call), so a crash leaves in doubt only the
+	// calls under way, as a run-by-run sweep does. Effects that take over
+	// (ExpiredRetry) or already record call starts (ExpiredRetryUncalled)
+	// need no such statement.
+	track := s.eff.Expired == idempotency.ExpiredPark
 	reqs := make([]idempotency.ClaimRequest, len(todo))
 	for i, c := range todo {
 		reqs[i] = idempotency.ClaimRequestFor(s.x, s.eff, c.key, c.fp)
+		reqs[i].Track = reqs[i].Track || track
 	}
 	lease := reqs[0].Lease
 	// Read before the claim: its lease and the provider's window are
@@ -181,18 +191,26 @@ type slotKey struct{}
 // runGroup is the store the runs of one batch see: claims and lookups go to
 // the store, changes are gathered and written by TransitionMany. A group
 // goes when it holds BatchSize changes, when every run of the batch still
-// running waits for its change (nothing more can join), when every slot is
-// held by a run waiting for its change (nothing more can start), or
-// FlushDelay after its first change.
+// running waits in it (nothing more can join), when every slot is held by
+// a run waiting in it (nothing more can start), or FlushDelay after its
+// first change. Who waits is read from the open group's own members, never
+// from counters that runs answered by an earlier group have yet to update:
+// such stale counts sent groups of one or two changes as soon as runs
+// stopped moving in step.
 type runGroup struct {
 	idempotency.Store
-	changes *group.Batcher[idempotency.Change, idempotency.TransitionResult]
+	changes *group.Batcher[member, idempotency.TransitionResult]
 	sem     chan struct{}
 
 	mu        sync.Mutex
 	remaining int // held claims of the batch whose run has not finished
-	blocked   int // runs waiting for their change to be written
-	holding   int // ... of which still hold their slot
+}
+
+// member is a run's change waiting for its group, and whether the run
+// still holds its slot (it will call the provider after the change).
+type member struct {
+	c     idempotency.Change
+	holds bool
 }
 
 func (s *sweeper[In, Out]) newRunGroup(bs idempotency.BatchStore, lease time.Duration) *runGroup {
@@ -203,9 +221,13 @@ func (s *sweeper[In, Out]) newRunGroup(bs idempotency.BatchStore, lease time.Dur
 	return &runGroup{
 		Store: bs,
 		sem:   make(chan struct{}, s.cfg.Concurrency),
-		changes: &group.Batcher[idempotency.Change, idempotency.TransitionResult]{
+		changes: &group.Batcher[member, idempotency.TransitionResult]{
 			Max: s.cfg.BatchSize, Window: delay, After: s.cfg.After,
-			Send: func(cs []idempotency.Change) ([]idempotency.TransitionResult, error) {
+			Send: func(ms []member) ([]idempotency.TransitionResult, error) {
+				cs := make([]idempotency.Change, len(ms))
+				for i, m := range ms {
+					cs[i] = m.c
+				}
 				return bs.TransitionMany(context.Background(), cs)
 			},
 		},
@@ -223,15 +245,21 @@ func (g *runGroup) finish(n int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.remaining -= n
-	g.flushIfStuck()
+	g.changes.FlushIf(g.stuck)
 }
 
-// flushIfStuck sends the open group when nothing more can join it soon.
-// The caller holds g.mu.
-func (g *runGroup) flushIfStuck() {
-	if g.blocked > 0 && (g.blocked >= g.remaining || g.holding >= cap(g.sem)) {
-		g.changes.Flush()
+// stuck reports whether nothing more can join the open group soon: every
+// run of the batch still running waits in it, or every slot is held by a
+// run waiting in it. The caller holds g.mu (the Batcher calls it under its
+// own lock, taken after g.mu).
+func (g *runGroup) stuck(open []member) bool {
+	holding := 0
+	for _, m := range open {
+		if m.holds {
+			holding++
+		}
 	}
+	return len(open) >= g.remaining || holding >= cap(g.sem)
 }
 
 // terminal reports whether c is a run's last change of its claim: after
@@ -254,22 +282,10 @@ func (g *runGroup) Transition(ctx context.Context, c idempotency.Change) (idempo
 		c.Hook = func(storeCtx context.Context) error { return hook(group.Values(storeCtx, ctx)) }
 	}
 	g.mu.Lock()
-	g.blocked++
-	if holds {
-		g.holding++
-	}
-	wait := g.changes.Add(c)
-	g.flushIfStuck()
+	wait := g.changes.AddIf(member{c: c, holds: holds}, g.stuck)
 	g.mu.Unlock()
 
 	r, err := wait()
-
-	g.mu.Lock()
-	g.blocked--
-	if holds {
-		g.holding--
-	}
-	g.mu.Unlock()
 	if err != nil {
 		return idempotency.Record{}, err
 	}

@@ -83,12 +83,52 @@ func (s *batchSpy) groups() (sizes []int, kinds map[string]int) {
 // size, or when no run can add one, only.
 func never(time.Duration) <-chan time.Time { return nil }
 
+// TestBatchSweepOfAParkingEffectMarksCallsInGroups: an effect that parks
+// expired claims (ExpiredPark) has its batch claimed as "nothing sent", so
+// that a crash leaves no unsent key in doubt; each run marks its call, and
+// the marks join the groups of changes: a group goes when the 8 runs
+// holding a slot all wait in it, so it never holds more than 8 marks, and
+// no change is written alone.
+func TestBatchSweepOfAParkingEffectMarksCallsInGroups(t *testing.T) {
+	t.Parallel()
+	spy := &batchSpy{BatchStore: memStore()}
+	p := newProvider()
+	rep, err := sweep.Run(context.Background(), newExecutor(t, spy), p.effect(), sweep.Slice(promos(0, 1000)),
+		&sweep.Config{BatchSize: 500, Concurrency: 8, After: never})
+	require.NoError(t, err)
+	requireAccounted(t, rep)
+	require.Equal(t, 1000, rep.Outcomes[idempotency.OutcomeApplied])
+	require.Equal(t, []int{500, 500}, spy.claimMany, "one claim per batch")
+	sizes, kinds := spy.groups()
+	require.Equal(t, map[string]int{"calling": 1000, "applied": 1000}, kinds, "every call marked, every run completed")
+	require.Zero(t, spy.claims+spy.transitions, "nothing one by one")
+	marks := 0
+	for _, g := range spy.changeMany {
+		n := 0
+		for _, c := range g {
+			if c.To == idempotency.StateCalling {
+				n++
+			}
+		}
+		require.LessOrEqual(t, n, 8, "at most one mark per slot in a group")
+		marks += n
+	}
+	require.Equal(t, 1000, marks)
+	// 125 groups at the least (8 marks each); the tail of each batch, fewer
+	// than 8 runs, may go in smaller ones.
+	require.GreaterOrEqual(t, len(sizes), 125)
+	require.LessOrEqual(t, len(sizes), 125+2*2*8, "groups: %v", sizes)
+	calls, created := p.stats()
+	require.Equal(t, 1000, calls)
+	require.Equal(t, 1000, created)
+}
+
 func TestBatchSweepClaimsAndCompletesOncePerBatch(t *testing.T) {
 	t.Parallel()
 	spy := &batchSpy{BatchStore: memStore()}
 	p := newProvider()
 	items := promos(0, 1000)
-	rep, err := sweep.Run(context.Background(), newExecutor(t, spy), p.effect(), sweep.Slice(items),
+	rep, err := sweep.Run(context.Background(), newExecutor(t, spy), p.dedupEffect(), sweep.Slice(items),
 		&sweep.Config{BatchSize: 500, Concurrency: 8, After: never})
 	require.NoError(t, err)
 	requireAccounted(t, rep)

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -81,6 +82,15 @@ func (p *provider) effect() *idempotency.Effect[promo, string] {
 		Fingerprint: func(in promo) ([]byte, error) { return idempotency.FingerprintJSON(in.Percent) },
 		Call:        p.call,
 	}
+}
+
+// dedupEffect is effect for a provider that deduplicates by key for a day,
+// as Stripe does: an expired claim is retried under the same key
+// (ExpiredRetry), so a sweep claims its batches without marking each call.
+func (p *provider) dedupEffect() *idempotency.Effect[promo, string] {
+	e := p.effect()
+	e.Expired, e.DedupWindow = idempotency.ExpiredRetry, 24*time.Hour
+	return e
 }
 
 // countingStore counts the calls a sweep makes to its store.

@@ -111,13 +111,15 @@ func TestPostgresCancelOneClaimPerRunLeavesEveryKeyAppliedOrReleased(t *testing.
 
 // TestPostgresBatchSweepStatements: 1,000 fresh candidates in batches of
 // 500 cost, per batch, one pre-flight, one claim and one statement of
-// completions: 6 statements, where one claim per run costs 2,002.
+// completions: 6 statements, where one claim per run costs 2,002 (an
+// effect whose provider deduplicates; TestBatchSweepOfAParkingEffect-
+// MarksCallsInGroups has the cost of one that parks).
 func TestPostgresBatchSweepStatements(t *testing.T) {
 	t.Parallel()
 	store, counter := pgStore(t)
 	p := newProvider()
 	before := counter.all.Load()
-	rep, err := sweep.Run(context.Background(), newExecutor(t, store), p.effect(), sweep.Slice(promos(0, 1000)),
+	rep, err := sweep.Run(context.Background(), newExecutor(t, store), p.dedupEffect(), sweep.Slice(promos(0, 1000)),
 		&sweep.Config{BatchSize: 500, Concurrency: 8, After: never})
 	require.NoError(t, err)
 	require.Equal(t, 1000, rep.Outcomes[idempotency.OutcomeApplied])

@@ -159,11 +159,14 @@ func (c *Config) withDefaults() (Config, error) {
 // A process killed mid-sweep leaves each key applied, free, or pending
 // under a lease that expires, never called twice: with batch claims, the
 // keys claimed and not yet called, and those whose completion was waiting
-// for its group, are up to a batch. Once their leases expire, effects that
-// record the start of their call (ExpiredRetryUncalled) take the uncalled
-// ones over, effects whose provider deduplicates (ExpiredRetry) retry under
-// the same key, and the others (ExpiredPark) report them in doubt for Find
-// or an operator: choose BatchSize with that in mind.
+// for its group, are up to a batch. Once their leases expire, effects whose
+// provider deduplicates (ExpiredRetry) retry them under the same key, and
+// the others take the uncalled ones over: a batch of an ExpiredPark or
+// ExpiredRetryUncalled effect is claimed as "nothing sent", and each run
+// records the start of its call (for ExpiredPark, one statement per call
+// that a batch of ExpiredRetry effects does not pay). Only calls under way
+// at the crash, and completions not yet written, are in doubt, for Find
+// or an operator.
 func Run[In, Out any](ctx context.Context, x *idempotency.Executor, e *idempotency.Effect[In, Out], src Source[In], cfg *Config) (Report, error) {
 	rep := Report{Outcomes: map[idempotency.Outcome]int{}}
 	c, err := cfg.withDefaults()

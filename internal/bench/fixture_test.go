@@ -76,10 +76,16 @@ func (p *provider) create(_ context.Context, key string, _ grant) (string, error
 var loyaltyKeys = idempotency.KeySpace{Namespace: "bench.loyalty"}
 
 // loyaltyEffect is the effect as a user of the library writes it: key from
-// business identity, payload fingerprint, provider call with the key.
+// business identity, payload fingerprint, provider call with the key. Its
+// provider deduplicates by key for a day, as the hand-written pattern
+// assumes (it sends a second tick's call and leans on that), so an expired
+// claim is retried under the same key (ExpiredRetry), as the Stripe
+// adapters do.
 func loyaltyEffect(p *provider) *idempotency.Effect[grant, string] {
 	return &idempotency.Effect[grant, string]{
-		Name: "bench.loyalty",
+		Name:        "bench.loyalty",
+		Expired:     idempotency.ExpiredRetry,
+		DedupWindow: 24 * time.Hour,
 		Key: func(g grant) (idempotency.Key, error) {
 			return loyaltyKeys.Key(idempotency.Int("user", g.User), idempotency.Int("milestone", g.Milestone))
 		},

@@ -187,6 +187,37 @@ func TestBatchCrashAfterClaimUncalledIsTakenOver(t *testing.T) {
 	require.Equal(t, keys, fake.RequestCount(), "one request per intent")
 }
 
+// TestBatchCrashAfterClaimParkedEffectIsNotLeftInDoubt: an effect that
+// parks expired claims (ExpiredPark, no Find) has its batch claimed as
+// "nothing sent" too, each run marking its own call: a worker killed right
+// after the batch claim leaves no key in doubt for an operator, though
+// none of them was sent; the next run past the lease sends each once.
+func TestBatchCrashAfterClaimParkedEffectIsNotLeftInDoubt(t *testing.T) {
+	t.Parallel()
+	const keys = 12
+	ctx := context.Background()
+	dsn := pgtest.ConnString(t)
+	pool := poolFor(t, dsn)
+	require.NoError(t, pgguard.Migrate(ctx, pool, nil))
+	fake := newFake(t)
+	env := []string{envBatch + "=1", envPark + "=1"}
+
+	w := startWorker(t, dsn, fake.URL(), keys, 4, 0, crashAfterBatchClaim, "", env...)
+	require.Error(t, w.wait())
+	require.True(t, w.killedBySIGKILL(), "%s", w.out)
+	byState, _ := ledgerCounts(t, ctx, pool)
+	require.Equal(t, map[string]int{"claimed": keys}, byState, "claimed as nothing sent")
+	require.Zero(t, fake.RequestCount())
+
+	w = startWorker(t, dsn, fake.URL(), keys, 4, time.Hour, "", "", env...)
+	require.NoError(t, w.wait(), "%s", w.out)
+	byState, bad := ledgerCounts(t, ctx, pool)
+	require.Equal(t, map[string]int{"applied": keys}, byState, "taken over, not left in doubt:\n%s", w.out)
+	require.Zero(t, bad)
+	require.Equal(t, keys, fake.Created(stripefake.KindPromotionCode))
+	require.Equal(t, keys, fake.RequestCount(), "one request per intent")
+}
+
 // TestBatchFourProcessesOneEffectPerKey: 4 worker processes sweep the same
 // 200 intents at once, each claiming in batches: every intent is created
 // once and requested once (a batch claim of a key another process holds is

@@ -104,6 +104,7 @@ const (
 	envCrashAt     = "PROOF_CRASH_AT"     // the intent index whose run crashes
 	envUncalled    = "PROOF_UNCALLED"     // "1": the effect records call starts (ExpiredRetryUncalled)
 	envBatch       = "PROOF_BATCH"        // "1": the sweep claims and completes in batches (see batch_test.go)
+	envPark        = "PROOF_PARK"         // "1": the effect parks expired claims (ExpiredPark) and has no Find
 )
 
 // Crash points: the step boundaries of one effect.
@@ -162,6 +163,9 @@ func workerMain() int {
 	eff := promoEffect(os.Getenv(envStripe), 0)
 	if os.Getenv(envUncalled) == "1" {
 		eff.Expired = idempotency.ExpiredRetryUncalled
+	}
+	if os.Getenv(envPark) == "1" {
+		eff.Expired, eff.DedupWindow, eff.Find = idempotency.ExpiredPark, 0, nil
 	}
 	cfg := &sweep.Config{Concurrency: max(conc, 1)}
 	if crash == crashWaitingForToken {

@@ -53,7 +53,13 @@ type batch[T, R any] struct {
 // function that waits for its result; call it exactly once. The first
 // member of a group runs its Window timer; once the group must go, the
 // first member to see it sends it.
-func (b *Batcher[T, R]) Add(item T) (wait func() (R, error)) {
+func (b *Batcher[T, R]) Add(item T) (wait func() (R, error)) { return b.AddIf(item, nil) }
+
+// AddIf is Add, and then sends the open group at once when full says so.
+// full is called under the Batcher's lock with the items of the open group,
+// item last: exactly the members still waiting for a group to go, none of
+// an earlier group already sent. A nil full is never full.
+func (b *Batcher[T, R]) AddIf(item T, full func(open []T) bool) (wait func() (R, error)) {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -66,7 +72,7 @@ func (b *Batcher[T, R]) Add(item T) (wait func() (R, error)) {
 	}
 	i := len(g.items)
 	g.items = append(g.items, item)
-	if len(g.items) >= max(b.Max, 1) {
+	if len(g.items) >= max(b.Max, 1) || (full != nil && full(g.items)) {
 		b.seal(g)
 	}
 	b.mu.Unlock()
@@ -101,6 +107,16 @@ func (b *Batcher[T, R]) Flush() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.open != nil {
+		b.seal(b.open)
+	}
+}
+
+// FlushIf sends the open group now, if there is one and full, called
+// under the Batcher's lock with its items, says so.
+func (b *Batcher[T, R]) FlushIf(full func(open []T) bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.open != nil && full(b.open.items) {
 		b.seal(b.open)
 	}
 }

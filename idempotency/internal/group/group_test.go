@@ -100,6 +100,31 @@ func TestFlushSendsTheOpenGroupAndCloseSendsTheRestAlone(t *testing.T) {
 	require.Equal(t, [][]int{{1, 2}, {3}, {4}}, r.sent())
 }
 
+// TestAddIfAndFlushIfDecideFromTheOpenGroupOnly: the predicate sees the
+// members of the open group and none of a group already sent, so a caller
+// counting who waits is never misled by members answered earlier.
+func TestAddIfAndFlushIfDecideFromTheOpenGroupOnly(t *testing.T) {
+	t.Parallel()
+	r := &recorder{}
+	b := &group.Batcher[int, int]{Send: r.send, Max: 100, After: never}
+	var seen [][]int
+	two := func(open []int) bool {
+		seen = append(seen, append([]int(nil), open...))
+		return len(open) >= 2
+	}
+	w1 := b.AddIf(1, two)
+	w2 := b.AddIf(2, two) // the open group holds 2: it goes
+	w3 := b.AddIf(3, two) // a new group: 1 and 2 are not counted
+	require.Equal(t, []int{2, 4}, waitAll(t, []func() (int, error){w1, w2}))
+	require.Equal(t, [][]int{{1}, {1, 2}, {3}}, seen)
+
+	b.FlushIf(func(open []int) bool { return len(open) > 1 }) // only 3: stays
+	b.FlushIf(func(open []int) bool { return len(open) == 1 })
+	require.Equal(t, []int{6}, waitAll(t, []func() (int, error){w3}))
+	b.FlushIf(func([]int) bool { t.Fatal("called with no open group"); return true })
+	require.Equal(t, [][]int{{1, 2}, {3}}, r.sent())
+}
+
 func TestTheWindowSendsAGroupThatIsNotFull(t *testing.T) {
 	t.Parallel()
 	r := &recorder{}
