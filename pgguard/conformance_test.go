@@ -11,8 +11,8 @@ import (
 
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/idempotency/storetest"
-	"github.com/effectonce/effectonce/internal/pgtest"
 	"github.com/effectonce/effectonce/pgguard"
+	"github.com/effectonce/effectonce/pgtest"
 )
 
 // TestConformance runs the store conformance suite against real PostgreSQL

@@ -11,8 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
-	"github.com/effectonce/effectonce/internal/pgtest"
 	"github.com/effectonce/effectonce/pgguard"
+	"github.com/effectonce/effectonce/pgtest"
 )
 
 func readMigration(t *testing.T, name string) string {

@@ -15,7 +15,7 @@ import (
 
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/idempotency/clocktest"
-	"github.com/effectonce/effectonce/internal/pgtest"
+	"github.com/effectonce/effectonce/pgtest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }

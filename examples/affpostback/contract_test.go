@@ -11,9 +11,9 @@ import (
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/idempotency/effecttest"
 	"github.com/effectonce/effectonce/idempotency/httpeffect"
-	"github.com/effectonce/effectonce/internal/pgtest"
 	"github.com/effectonce/effectonce/pgguard"
 	"github.com/effectonce/effectonce/pgguard/guardtest"
+	"github.com/effectonce/effectonce/pgtest"
 )
 
 // The two contract tests every team adds for its own effect and table.

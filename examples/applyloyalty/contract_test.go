@@ -10,9 +10,9 @@ import (
 
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/idempotency/effecttest"
-	"github.com/effectonce/effectonce/internal/pgtest"
 	"github.com/effectonce/effectonce/pgguard"
 	"github.com/effectonce/effectonce/pgguard/guardtest"
+	"github.com/effectonce/effectonce/pgtest"
 	"github.com/effectonce/effectonce/stripeeffect"
 	"github.com/effectonce/effectonce/stripeeffect/stripefake"
 )

@@ -16,7 +16,7 @@ import (
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/idempotency/clocktest"
 	"github.com/effectonce/effectonce/idempotency/sweep"
-	"github.com/effectonce/effectonce/internal/pgtest"
+	"github.com/effectonce/effectonce/pgtest"
 	"github.com/effectonce/effectonce/stripeeffect"
 	"github.com/effectonce/effectonce/stripeeffect/stripefake"
 )

@@ -16,7 +16,7 @@ import (
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/idempotency/clocktest"
 	"github.com/effectonce/effectonce/idempotency/sweep"
-	"github.com/effectonce/effectonce/internal/pgtest"
+	"github.com/effectonce/effectonce/pgtest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }

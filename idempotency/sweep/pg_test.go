@@ -11,8 +11,8 @@ import (
 
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/idempotency/sweep"
-	"github.com/effectonce/effectonce/internal/pgtest"
 	"github.com/effectonce/effectonce/pgguard"
+	"github.com/effectonce/effectonce/pgtest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }

@@ -10,8 +10,8 @@ import (
 
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/idempotency/sweep"
-	"github.com/effectonce/effectonce/internal/pgtest"
 	"github.com/effectonce/effectonce/pgguard"
+	"github.com/effectonce/effectonce/pgtest"
 )
 
 // TestStatementsPerOutcome pins, deterministically, the round trips the

@@ -19,8 +19,8 @@ import (
 
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/idempotency/sweep"
-	"github.com/effectonce/effectonce/internal/pgtest"
 	"github.com/effectonce/effectonce/pgguard"
+	"github.com/effectonce/effectonce/pgtest"
 	"github.com/effectonce/effectonce/stripeeffect"
 	"github.com/effectonce/effectonce/stripeeffect/stripefake"
 )

@@ -14,9 +14,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
-	"github.com/effectonce/effectonce/internal/pgtest"
 	"github.com/effectonce/effectonce/pgguard"
 	"github.com/effectonce/effectonce/pgguard/guardtest"
+	"github.com/effectonce/effectonce/pgtest"
 )
 
 // recorder captures failures (and log lines) instead of failing the test,

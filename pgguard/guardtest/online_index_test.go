@@ -8,8 +8,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/effectonce/effectonce/internal/pgtest"
 	"github.com/effectonce/effectonce/pgguard"
+	"github.com/effectonce/effectonce/pgtest"
 )
 
 // The order of work on a live table that already holds duplicates (the
