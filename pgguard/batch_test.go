@@ -237,7 +237,7 @@ func TestBatchUpdateUsesTheActiveKeyIndex(t *testing.T) {
 	// The same changes, as TransitionMany sends them (see its statement).
 	args := []any{[]string{"a", "b"}, []int64{claims[0].Record.Token, claims[1].Record.Token}, []string{"applied", "released"},
 		[]string{"claimed,calling,reconciling", "claimed,calling"}, [][]byte{[]byte("1"), nil}, []string{"", "429"}, []string{"[]", "[]"},
-		[]int64{0, 0}, []int64{0, 0}, []bool{false, false}, []bool{false, false}, []int64{0, 0}, nil}
+		[]int64{0, 0}, []int64{0, 0}, []bool{false, false}, []bool{false, false}, []int64{0, 0}, nil, int64(2)}
 	for _, mode := range []string{"auto", "force_generic_plan"} {
 		conn, err := b.pool.Acquire(b.ctx)
 		require.NoError(t, err)
@@ -253,5 +253,62 @@ func TestBatchUpdateUsesTheActiveKeyIndex(t *testing.T) {
 		text := strings.Join(plan, "\n")
 		require.Contains(t, text, "effect_ledger_active_key", "%s plan:\n%s", mode, text)
 		require.NotContains(t, text, "effect_ledger_stuck", "%s plan:\n%s", mode, text)
+	}
+}
+
+// TestBatchStatementsStayOnTheirGenericPlans: ClaimMany's and
+// TransitionMany's statements, run again and again with small batches (a
+// group commit's 8), are planned once and then run on their cached generic
+// plans; none is planned again on every execution. PostgreSQL plans a
+// prepared statement's first 5 executions with their parameters (custom
+// plans) and then keeps the generic plan unless a custom one looks cheaper.
+// TransitionMany's arrays made every custom plan of fewer than 10 changes
+// look cheaper, so it was planned again each time (see its statement).
+func TestBatchStatementsStayOnTheirGenericPlans(t *testing.T) {
+	t.Parallel()
+	b := setup(t, &setupOpts{configure: func(c *pgxpool.Config) {
+		c.MaxConns = 1 // one connection: one cache of prepared statements
+		c.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeCacheStatement
+	}})
+	// A ledger with some history and its statistics, as in production: on
+	// an empty table every plan costs about the same.
+	_, err := b.pool.Exec(b.ctx, `INSERT INTO effect_ledger (key, namespace, state, result, token, first_claimed_at, updated_at)
+		SELECT 'h' || g, 'test', 'applied', '\x'::bytea, nextval('effect_ledger_token_seq'), now(), now()
+		FROM generate_series(1, 20000) AS g`)
+	require.NoError(t, err)
+	_, err = b.pool.Exec(b.ctx, `ANALYZE effect_ledger`)
+	require.NoError(t, err)
+	const cycles, size = 12, 8
+	for c := range cycles {
+		reqs := make([]idempotency.ClaimRequest, size)
+		for i := range reqs {
+			reqs[i] = claimReq(fmt.Sprintf("plan-%d-%d", c, i))
+		}
+		claims, err := b.store.ClaimMany(b.ctx, reqs)
+		require.NoError(t, err)
+		changes := make([]idempotency.Change, size)
+		for i, cl := range claims {
+			require.Equal(t, idempotency.VerdictAcquired, cl.Verdict)
+			changes[i] = idempotency.Complete(cl.Record.Key, cl.Record.Token, []byte(`1`))
+		}
+		res, err := b.store.TransitionMany(b.ctx, changes)
+		require.NoError(t, err)
+		for _, r := range res {
+			require.NoError(t, r.Err)
+		}
+	}
+	rows, err := b.pool.Query(b.ctx, `SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements
+		WHERE statement LIKE '%unnest(%' AND statement NOT LIKE '%pg_prepared_statements%'`)
+	require.NoError(t, err)
+	type plans struct {
+		Statement       string
+		Generic, Custom int64
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[plans])
+	require.NoError(t, err)
+	require.Len(t, got, 2, "ClaimMany's and TransitionMany's statements")
+	for _, p := range got {
+		require.Equal(t, int64(cycles), p.Generic+p.Custom, "%.60s", p.Statement)
+		require.LessOrEqual(t, p.Custom, int64(5), "planned again on every execution: %.200s", p.Statement)
 	}
 }
