@@ -5,7 +5,8 @@
 // (CreditEffect). The plain functions behind them (CreatePromotionCode,
 // DeactivatePromotionCode, CreateRefund, CreditBalance) can be called on
 // their own, and FindPromotionCode, FindRefund and FindCredit tell whether
-// the object a key would create already exists.
+// the object a key would create already exists (FindDeactivatedPromotionCode
+// whether a code is already inactive).
 //
 // # The key
 //
@@ -129,6 +130,11 @@
 // object and no call (OutcomeReconciled); not found, the request is sent
 // again under the next key generation. Set Find to nil to leave records in
 // doubt to an operator (idempotency.Operator).
+//
+// A deactivation creates nothing, so DeactivatePromotionCodeEffect's Find,
+// FindDeactivatedPromotionCode, reads the code instead (one GET): inactive
+// is found, whoever deactivated it; active is not found, and sending the
+// deactivation again is harmless.
 //
 // The business key (Key.Base) is matched exactly, whatever generation the
 // Find function is given. An object made without MetadataKey (by other

@@ -591,7 +591,7 @@ func TestEffectDefaults(t *testing.T) {
 	deact := stripeeffect.DeactivatePromotionCodeEffect(api, "test.revoke", grantKey, func(grant) string { return "promo_1" })
 	require.Equal(t, idempotency.ExpiredRetry, deact.Expired)
 	require.Zero(t, deact.DedupWindow, "deactivating is safe to repeat")
-	require.Nil(t, deact.Find)
+	require.NotNil(t, deact.Find, "a deactivation in doubt is settled by reading the code")
 
 	require.Panics(t, func() { stripeeffect.PromotionCodeEffect[grant](nil, "x", grantKey, promoRequest) })
 	require.Panics(t, func() { stripeeffect.RefundEffect[grant](api, "x", grantKey, nil) })

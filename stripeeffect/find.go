@@ -123,6 +123,41 @@ func FindCredit(ctx context.Context, api *client.API, key idempotency.Key, c Cre
 	return CreditResult{}, false, nil
 }
 
+// FindDeactivatedPromotionCode reports whether the promotion code
+// promotionCodeID is inactive, as DeactivatePromotionCode leaves it: it
+// reads the code (GET /v1/promotion_codes/{id}, read-after-write
+// consistent) and writes nothing. An inactive code returns its
+// PromotionCodeResult (Replayed false) and true, whoever deactivated it:
+// the state the effect wants holds, and deactivating again would change
+// nothing. An active code returns false and a nil error: the deactivation
+// did not happen, and sending it again (under the next provider-key
+// generation, so that Stripe does not replay a saved failure) is safe. An
+// error, classified by Classify, means nothing is known; a code that does
+// not exist is Stripe's 404, a permanent error.
+//
+// A deactivation is an update, not a create: it leaves no object holding
+// the key, so this finder looks at the code itself rather than at metadata.
+// A zero key, an empty id or a nil client sends nothing and returns a
+// permanent ErrNoKey or ErrInvalidRequest.
+func FindDeactivatedPromotionCode(ctx context.Context, api *client.API, key idempotency.Key, promotionCodeID string) (PromotionCodeResult, bool, error) {
+	if err := prepareFind(key, api != nil && api.PromotionCodes != nil); err != nil {
+		return PromotionCodeResult{}, false, err
+	}
+	if strings.TrimSpace(promotionCodeID) == "" {
+		return PromotionCodeResult{}, false, invalid("find a deactivated promotion code without an id")
+	}
+	params := &stripe.PromotionCodeParams{}
+	params.Context = ctx
+	pc, err := api.PromotionCodes.Get(promotionCodeID, params)
+	if err != nil {
+		return PromotionCodeResult{}, false, Classify(fmt.Errorf("stripeeffect: find deactivated promotion code %s: %w", promotionCodeID, err))
+	}
+	if pc.Active {
+		return PromotionCodeResult{}, false, nil
+	}
+	return PromotionCodeResultOf(pc), true, nil
+}
+
 // prepareFind refuses a lookup without a key or a client: nothing may be
 // sent when it fails.
 func prepareFind(key idempotency.Key, hasClient bool) error {

@@ -138,8 +138,11 @@ func PromotionCodeEffect[In any](api *client.API, name string, key func(In) (ide
 // promotion code whose id promotionCodeID gives for each input, with
 // DeactivatePromotionCode. Its fingerprint is the id. Deactivation is safe
 // to repeat, so an expired claim is always taken over (ExpiredRetry, no
-// DedupWindow). It has no Find: a replayed 500 leaves the record in doubt
-// for an operator. It panics if api or promotionCodeID is nil.
+// DedupWindow). Its Find is FindDeactivatedPromotionCode: a record in doubt
+// (a replayed 500, which Stripe would hand back under the same key) is
+// settled by reading the code, applied if it is inactive, sent again under
+// the next key generation if it is still active. Set Find to nil to leave
+// such records to an operator. It panics if api or promotionCodeID is nil.
 func DeactivatePromotionCodeEffect[In any](api *client.API, name string, key func(In) (idempotency.Key, error), promotionCodeID func(In) string) *idempotency.Effect[In, PromotionCodeResult] {
-	return newEffect(api, name, key, promotionCodeID, DeactivatePromotionCode, PromotionCodeResultOf, nil, false)
+	return newEffect(api, name, key, promotionCodeID, DeactivatePromotionCode, PromotionCodeResultOf, FindDeactivatedPromotionCode, false)
 }
