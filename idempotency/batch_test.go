@@ -127,15 +127,43 @@ func TestGroupCommitEightRunsCostOneClaimAndOneCompletion(t *testing.T) {
 func TestGroupCommitSameKeyInOneGroupCallsOnce(t *testing.T) {
 	t.Parallel()
 	spy := &spyBatch{BatchStore: idempotency.NewMemStore(nil)}
-	// The claims go as a full group; the one completion goes when its
-	// window (real time, short) ends.
-	g, err := idempotency.GroupCommit(spy, &idempotency.GroupCommitConfig{MaxBatch: 4, Window: time.Millisecond})
+	// The window is a timer the test controls, never real time: the
+	// claims' group must go because it is full (MaxBatch 4), however slowly
+	// its members arrive; every later group (the one completion) goes when
+	// the test fires its timer.
+	timer := newManualTimer()
+	g, err := idempotency.GroupCommit(spy, &idempotency.GroupCommitConfig{MaxBatch: 4, Window: time.Hour, After: timer.after})
 	require.NoError(t, err)
 	x, err := idempotency.NewExecutor(g, nil)
 	require.NoError(t, err)
 	p := newProvider()
 	eff := refundEffect(p)
 	in := refund{Order: "o", Request: "r", Amount: 100}
+
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		// The first timer is the claims' group's: its leader starts it
+		// before its claim is answered, so before any change exists. It
+		// never fires. Every later one is a change group's: fire it.
+		select {
+		case <-timer.started:
+		case <-stop:
+			return
+		}
+		for {
+			select {
+			case <-timer.started:
+			case <-stop:
+				return
+			}
+			select {
+			case timer.fire <- time.Now():
+			case <-stop:
+				return
+			}
+		}
+	}()
 
 	res := runAll(t, 4, func(int) (idempotency.Result[string], error) {
 		return idempotency.Run(context.Background(), x, eff, in)
@@ -148,8 +176,9 @@ func TestGroupCommitSameKeyInOneGroupCallsOnce(t *testing.T) {
 		"four deliveries of one intent in one group: one acquires, the others meet its live claim")
 	calls, _ := p.stats()
 	require.Equal(t, 1, calls)
-	claims, _ := spy.sizes()
-	require.Equal(t, []int{4}, claims)
+	claims, changes := spy.sizes()
+	require.Equal(t, []int{4}, claims, "the four claims in one group")
+	require.Equal(t, []int{1}, changes, "the one completion")
 }
 
 func TestGroupCommitWindowAndCloseSendAGroupThatIsNotFull(t *testing.T) {
