@@ -117,6 +117,18 @@ func (w *ledgerWorld) stuck(t *testing.T) []idempotency.Record {
 func (w *ledgerWorld) creates() int { return w.fake.Calls(stripefake.OpCreate, "") }
 func (w *ledgerWorld) lists() int   { return w.fake.Calls(stripefake.OpList, "") }
 
+// updates returns the updating POSTs the fake has seen (a promotion code's
+// deactivation), in order.
+func (w *ledgerWorld) updates() []stripefake.RequestRecord {
+	var out []stripefake.RequestRecord
+	for _, r := range w.fake.AllRequests() {
+		if r.Op == stripefake.OpUpdate {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // requireAlreadyApplied runs eff once more: the ledger answers with want,
 // and nothing is sent to Stripe.
 func requireAlreadyApplied[In, Out any](t *testing.T, w *ledgerWorld, eff *idempotency.Effect[In, Out], in In, want Out) {
@@ -434,48 +446,37 @@ func TestARunMeetingALiveHolderIsInFlightAndDoesNotAskStripe(t *testing.T) {
 func TestADeactivationInDoubtIsSettledByReadingTheCode(t *testing.T) {
 	t.Parallel()
 	revokeKeys := idempotency.KeySpace{Namespace: "test.revoke", Version: 1}
-	newRevoke := func(w *ledgerWorld) *idempotency.Effect[string, stripeeffect.PromotionCodeResult] {
-		return stripeeffect.DeactivatePromotionCodeEffect(w.api, "test.revoke",
+	// inDoubt builds a world with one promotion code, deactivates it
+	// through the effect while fault answers with a saved 500, checks that
+	// the record is left in doubt after one POST, and moves to the next
+	// tick.
+	inDoubt := func(t *testing.T, fault stripefake.FaultKind) (*ledgerWorld, *idempotency.Effect[string, stripeeffect.PromotionCodeResult], string, idempotency.Key) {
+		t.Helper()
+		w := newLedgerWorld(t)
+		eff := stripeeffect.DeactivatePromotionCodeEffect(w.api, "test.revoke",
 			func(id string) (idempotency.Key, error) { return revokeKeys.Key(idempotency.Str("promo", id)) },
 			func(id string) string { return id })
-	}
-	// newCode creates the promotion code the scenario revokes.
-	newCode := func(t *testing.T, w *ledgerWorld) string {
-		t.Helper()
 		g := grant{User: "u_1", Sub: "sub_1", Customer: "cus_1"}
 		pc, err := stripeeffect.CreatePromotionCode(w.ctx, w.api, mustGrantKey(t, g), promoRequest(g))
 		require.NoError(t, err)
 		require.True(t, pc.Active)
-		return pc.ID
-	}
-	updates := func(w *ledgerWorld) []stripefake.RequestRecord {
-		var out []stripefake.RequestRecord
-		for _, r := range w.fake.AllRequests() {
-			if r.Op == stripefake.OpUpdate {
-				out = append(out, r)
-			}
-		}
-		return out
+		key, _, err := eff.Identity(pc.ID)
+		require.NoError(t, err)
+
+		w.fake.InjectFault(stripefake.Fault{Kind: fault, Path: "/v1/promotion_codes/*"})
+		first, err := idempotency.Run(w.ctx, w.exec, eff, pc.ID)
+		require.ErrorIs(t, err, idempotency.ErrRetryable, "in doubt: the next run asks Stripe")
+		require.Equal(t, idempotency.OutcomeRetryable, first.Outcome)
+		require.Equal(t, 1, first.Calls, "a saved 500 is not retried under its key")
+		require.Equal(t, idempotency.StateInDoubt, w.record(t, key).State)
+		require.Len(t, w.updates(), 1)
+		w.tick(30 * time.Minute)
+		return w, eff, pc.ID, key
 	}
 
 	t.Run("DeactivatedThenA500IsFoundInactive", func(t *testing.T) {
 		t.Parallel()
-		w := newLedgerWorld(t)
-		eff := newRevoke(w)
-		id := newCode(t, w)
-
-		// Stripe deactivated the code, then saved a 500 under the key.
-		w.fake.InjectFault(stripefake.Fault{Kind: stripefake.FaultServerErrorAfterWrite, Path: "/v1/promotion_codes/*"})
-		first, err := idempotency.Run(w.ctx, w.exec, eff, id)
-		require.ErrorIs(t, err, idempotency.ErrRetryable, "in doubt: the next run asks Stripe")
-		require.Equal(t, idempotency.OutcomeRetryable, first.Outcome)
-		require.Equal(t, 1, first.Calls, "a saved 500 is not retried under its key")
-		require.Len(t, updates(w), 1)
-		key, _, err := eff.Identity(id)
-		require.NoError(t, err)
-		require.Equal(t, idempotency.StateInDoubt, w.record(t, key).State)
-
-		w.tick(30 * time.Minute)
+		w, eff, id, _ := inDoubt(t, stripefake.FaultServerErrorAfterWrite) // Stripe deactivated the code first
 		retrieves := w.fake.Calls(stripefake.OpRetrieve, "")
 		res, err := idempotency.Run(w.ctx, w.exec, eff, id)
 		require.NoError(t, err)
@@ -484,7 +485,7 @@ func TestADeactivationInDoubtIsSettledByReadingTheCode(t *testing.T) {
 		require.Equal(t, id, res.Value.ID)
 		require.False(t, res.Value.Active)
 		require.Equal(t, retrieves+1, w.fake.Calls(stripefake.OpRetrieve, ""), "one read of the code")
-		require.Len(t, updates(w), 1, "no second deactivation")
+		require.Len(t, w.updates(), 1, "no second deactivation")
 		require.Equal(t, idempotency.StateApplied, res.Record.State)
 		require.Empty(t, w.stuck(t))
 		requireAlreadyApplied(t, w, eff, id, res.Value)
@@ -492,29 +493,18 @@ func TestADeactivationInDoubtIsSettledByReadingTheCode(t *testing.T) {
 
 	t.Run("A500BeforeAnyWriteIsSentAgainUnderTheSecondGeneration", func(t *testing.T) {
 		t.Parallel()
-		w := newLedgerWorld(t)
-		eff := newRevoke(w)
-		id := newCode(t, w)
-
-		// Stripe began, failed before writing, and saved the 500.
-		w.fake.InjectFault(stripefake.Fault{Kind: stripefake.FaultServerErrorSavedBeforeWrite, Path: "/v1/promotion_codes/*"})
-		first, err := idempotency.Run(w.ctx, w.exec, eff, id)
-		require.ErrorIs(t, err, idempotency.ErrRetryable)
-		require.Equal(t, idempotency.OutcomeRetryable, first.Outcome)
+		w, eff, id, key := inDoubt(t, stripefake.FaultServerErrorSavedBeforeWrite) // nothing written
 		pc, err := w.api.PromotionCodes.Get(id, nil)
 		require.NoError(t, err)
 		require.True(t, pc.Active, "nothing was written")
 
-		w.tick(30 * time.Minute)
 		res, err := idempotency.Run(w.ctx, w.exec, eff, id)
 		require.NoError(t, err)
 		require.Equal(t, idempotency.OutcomeApplied, res.Outcome)
 		require.True(t, res.Reconciled, "asked Stripe first")
 		require.Equal(t, 1, res.Calls)
 		require.False(t, res.Value.Active)
-		key, _, err := eff.Identity(id)
-		require.NoError(t, err)
-		ups := updates(w)
+		ups := w.updates()
 		require.Len(t, ups, 2)
 		require.Equal(t, key.String(), ups[0].IdempotencyKey)
 		require.Equal(t, key.WithGeneration(2).String(), ups[1].IdempotencyKey)
