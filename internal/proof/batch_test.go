@@ -2,7 +2,6 @@ package proof
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -10,7 +9,6 @@ import (
 
 	"github.com/effectonce/effectonce/idempotency"
 	"github.com/effectonce/effectonce/pgguard"
-	"github.com/effectonce/effectonce/pgtest"
 	"github.com/effectonce/effectonce/stripeeffect/stripefake"
 )
 
@@ -97,64 +95,93 @@ func TestBatchCrashAtEveryBoundaryThenRerun(t *testing.T) {
 		t.Run(point, func(t *testing.T) {
 			t.Parallel()
 			const keys = 20
-			ctx := context.Background()
-			dsn := pgtest.ConnString(t)
-			pool := poolFor(t, dsn)
-			require.NoError(t, pgguard.Migrate(ctx, pool, nil))
-			fake := newFake(t)
+			r := newRig(t, nil)
 			batch := envBatch + "=1"
+			crashAt := intents(keys)[7].ID
 
-			w := startWorker(t, dsn, fake.URL(), keys, 4, 0, point, intents(keys)[7].ID, batch)
+			w := startWorker(t, r.dsn, r.fake.URL(), keys, 4, 0, point, crashAt, batch)
 			require.Error(t, w.wait())
 			require.True(t, w.killedBySIGKILL(), "worker must die of SIGKILL at %s:\n%s", point, w.out)
 
 			// Every key applied or held under its lease; none called twice.
-			byState, bad := ledgerCounts(t, ctx, pool)
+			byState, bad := ledgerCounts(t, r.ctx, r.pool)
 			require.Zero(t, bad)
 			require.Equal(t, keys, byState["applied"]+byState["calling"], "applied or held: %v", byState)
-			requests := fake.RequestCount()
+			requests := r.fake.RequestCount()
 			for _, in := range intents(keys) {
-				require.LessOrEqual(t, len(fake.Requests(keyOf(in.ID))), 1, "%s called twice before the crash", in.ID)
+				require.LessOrEqual(t, len(r.fake.Requests(keyOf(in.ID))), 1, "%s called twice before the crash", in.ID)
 			}
 			switch point {
 			case crashAfterBatchClaim:
 				require.Equal(t, map[string]int{"calling": keys}, byState, "the whole batch claimed")
 				require.Zero(t, requests, "nothing called")
-			case crashBeforeGroupedCompletion, crashDuringGroupedCompletion:
+			case crashBeforeGroupedCompletion:
+				require.Zero(t, byState["applied"], "the first group of completions was never written: %v", byState)
+				require.Positive(t, requests)
+			case crashDuringGroupedCompletion:
+				// The hook of crashAt's completion killed the process
+				// inside its group's transaction: that completion (and
+				// its group) did not commit.
+				require.Equal(t, idempotency.StateCalling, stateOf(t, r, keyOf(crashAt)))
 				require.Positive(t, byState["calling"], "the group's completions were lost with the process")
 				require.Positive(t, requests)
 			}
 
 			// At once: the dead worker's leases are live, nothing is sent.
-			w = startWorker(t, dsn, fake.URL(), keys, 4, 0, "", "", batch)
+			w = startWorker(t, r.dsn, r.fake.URL(), keys, 4, 0, "", "", batch)
 			require.NoError(t, w.wait(), "%s", w.out)
-			require.Equal(t, requests, fake.RequestCount(), "a live lease is in flight, not taken over:\n%s", w.out)
-			again, _ := ledgerCounts(t, ctx, pool)
+			require.Equal(t, requests, r.fake.RequestCount(), "a live lease is in flight, not taken over:\n%s", w.out)
+			again, _ := ledgerCounts(t, r.ctx, r.pool)
 			require.Equal(t, byState, again)
 
-			// Past the lease: taken over under the same keys.
-			w = startWorker(t, dsn, fake.URL(), keys, 4, time.Hour, "", "", batch)
+			// Past the lease: taken over under the same keys. A second
+			// request under a key is Stripe's replay of the first, or the
+			// first never ran (the worker died before Stripe acted):
+			// exactly one acted (requireOnePerKey).
+			w = startWorker(t, r.dsn, r.fake.URL(), keys, 4, time.Hour, "", "", batch)
 			require.NoError(t, w.wait(), "%s", w.out)
-			byState, bad = ledgerCounts(t, ctx, pool)
-			require.Equal(t, map[string]int{"applied": keys}, byState)
-			require.Zero(t, bad)
-			require.Equal(t, keys, fake.Created(stripefake.KindPromotionCode), "one object per key after %s", point)
+			requireAllApplied(t, r.ctx, r.pool, keys)
+			requireOnePerKey(t, r.fake, keysOf(intents(keys))...)
 			for _, in := range intents(keys) {
-				reqs := fake.Requests(keyOf(in.ID))
-				require.LessOrEqual(t, len(reqs), 2, "%s", in.ID)
-				executed := 0
-				for _, r := range reqs {
-					if r.Executed && !r.Replayed {
-						executed++
-					}
-				}
-				// A second request is Stripe's replay of the first, or the
-				// first never ran (the worker died before Stripe acted).
-				require.Equal(t, 1, executed, "%s: one request acted: %+v", in.ID, reqs)
+				require.LessOrEqual(t, len(r.fake.Requests(keyOf(in.ID))), 2, "%s", in.ID)
 			}
-			t.Logf("%s: %d objects for %d keys, %d requests", point, fake.Created(stripefake.KindPromotionCode), keys, fake.RequestCount())
+			t.Logf("%s: %d objects for %d keys, %d requests", point, r.fake.Created(stripefake.KindPromotionCode), keys, r.fake.RequestCount())
 		})
 	}
+}
+
+// stateOf returns the state of key's record in the ledger.
+func stateOf(t *testing.T, r *rig, key string) idempotency.State {
+	t.Helper()
+	recs, err := r.store.Lookup(r.ctx, []string{key})
+	require.NoError(t, err)
+	rec, ok := recs[key]
+	require.True(t, ok, "no record for %s", key)
+	return rec.State
+}
+
+// crashAfterBatchClaimThenRerun kills a batched worker right after its
+// batch claim, with env choosing the effect's expiry policy, and reruns it
+// past the lease: the batch was claimed as "nothing sent" (claimed, no
+// request), and every key is then taken over and sent exactly once.
+func crashAfterBatchClaimThenRerun(t *testing.T, env ...string) {
+	t.Helper()
+	const keys = 12
+	r := newRig(t, nil)
+	env = append([]string{envBatch + "=1"}, env...)
+
+	w := startWorker(t, r.dsn, r.fake.URL(), keys, 4, 0, crashAfterBatchClaim, "", env...)
+	require.Error(t, w.wait())
+	require.True(t, w.killedBySIGKILL(), "%s", w.out)
+	byState, _ := ledgerCounts(t, r.ctx, r.pool)
+	require.Equal(t, map[string]int{"claimed": keys}, byState, "claimed as nothing sent")
+	require.Zero(t, r.fake.RequestCount())
+
+	w = startWorker(t, r.dsn, r.fake.URL(), keys, 4, time.Hour, "", "", env...)
+	require.NoError(t, w.wait(), "%s", w.out)
+	requireAllApplied(t, r.ctx, r.pool, keys) // taken over, not left in doubt
+	requireOnePerKey(t, r.fake, keysOf(intents(keys))...)
+	require.Equal(t, keys, r.fake.RequestCount(), "one request per intent")
 }
 
 // TestBatchCrashAfterClaimUncalledIsTakenOver: an effect that records the
@@ -164,27 +191,7 @@ func TestBatchCrashAtEveryBoundaryThenRerun(t *testing.T) {
 // in doubt, and each key is sent exactly once.
 func TestBatchCrashAfterClaimUncalledIsTakenOver(t *testing.T) {
 	t.Parallel()
-	const keys = 12
-	ctx := context.Background()
-	dsn := pgtest.ConnString(t)
-	pool := poolFor(t, dsn)
-	require.NoError(t, pgguard.Migrate(ctx, pool, nil))
-	fake := newFake(t)
-	env := []string{envBatch + "=1", envUncalled + "=1"}
-
-	w := startWorker(t, dsn, fake.URL(), keys, 4, 0, crashAfterBatchClaim, "", env...)
-	require.Error(t, w.wait())
-	require.True(t, w.killedBySIGKILL(), "%s", w.out)
-	byState, _ := ledgerCounts(t, ctx, pool)
-	require.Equal(t, map[string]int{"claimed": keys}, byState)
-
-	w = startWorker(t, dsn, fake.URL(), keys, 4, time.Hour, "", "", env...)
-	require.NoError(t, w.wait(), "%s", w.out)
-	byState, bad := ledgerCounts(t, ctx, pool)
-	require.Equal(t, map[string]int{"applied": keys}, byState, "taken over, not left in doubt:\n%s", w.out)
-	require.Zero(t, bad)
-	require.Equal(t, keys, fake.Created(stripefake.KindPromotionCode))
-	require.Equal(t, keys, fake.RequestCount(), "one request per intent")
+	crashAfterBatchClaimThenRerun(t, envUncalled+"=1")
 }
 
 // TestBatchCrashAfterClaimParkedEffectIsNotLeftInDoubt: an effect that
@@ -194,64 +201,27 @@ func TestBatchCrashAfterClaimUncalledIsTakenOver(t *testing.T) {
 // none of them was sent; the next run past the lease sends each once.
 func TestBatchCrashAfterClaimParkedEffectIsNotLeftInDoubt(t *testing.T) {
 	t.Parallel()
-	const keys = 12
-	ctx := context.Background()
-	dsn := pgtest.ConnString(t)
-	pool := poolFor(t, dsn)
-	require.NoError(t, pgguard.Migrate(ctx, pool, nil))
-	fake := newFake(t)
-	env := []string{envBatch + "=1", envPark + "=1"}
-
-	w := startWorker(t, dsn, fake.URL(), keys, 4, 0, crashAfterBatchClaim, "", env...)
-	require.Error(t, w.wait())
-	require.True(t, w.killedBySIGKILL(), "%s", w.out)
-	byState, _ := ledgerCounts(t, ctx, pool)
-	require.Equal(t, map[string]int{"claimed": keys}, byState, "claimed as nothing sent")
-	require.Zero(t, fake.RequestCount())
-
-	w = startWorker(t, dsn, fake.URL(), keys, 4, time.Hour, "", "", env...)
-	require.NoError(t, w.wait(), "%s", w.out)
-	byState, bad := ledgerCounts(t, ctx, pool)
-	require.Equal(t, map[string]int{"applied": keys}, byState, "taken over, not left in doubt:\n%s", w.out)
-	require.Zero(t, bad)
-	require.Equal(t, keys, fake.Created(stripefake.KindPromotionCode))
-	require.Equal(t, keys, fake.RequestCount(), "one request per intent")
+	crashAfterBatchClaimThenRerun(t, envPark+"=1")
 }
 
 // TestBatchFourProcessesOneEffectPerKey: 4 worker processes sweep the same
 // 200 intents at once, each claiming in batches: every intent is created
 // once and requested once (a batch claim of a key another process holds is
-// in flight, never a second call).
+// in flight, never a second call). Each worker reports how many batch
+// claims it made, so the test fails if the sweeps fell back to claiming
+// run by run.
 func TestBatchFourProcessesOneEffectPerKey(t *testing.T) {
 	t.Parallel()
-	const keys, procs, conc = 200, 4, 8
-	ctx := context.Background()
-	dsn := pgtest.ConnString(t)
-	pool := poolFor(t, dsn)
-	require.NoError(t, pgguard.Migrate(ctx, pool, nil))
-	fake := newFake(t)
-
-	workers := make([]*worker, procs)
-	for i := range procs {
-		workers[i] = startWorker(t, dsn, fake.URL(), keys, conc, 0, "", "", envBatch+"=1")
+	const keys = 200
+	r, workers := fourProcesses(t, keys, envBatch+"=1")
+	// A worker that starts late may find every key done at its pre-flight
+	// and claim nothing; together they must have claimed in batches.
+	batches := 0
+	for _, w := range workers {
+		batches += claimBatches(t, w.out.String())
 	}
-	var wg sync.WaitGroup
-	errs := make([]error, procs)
-	for i, w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = w.wait()
-		}()
-	}
-	wg.Wait()
-	for i, err := range errs {
-		require.NoError(t, err, "worker %d:\n%s", i, workers[i].out)
-	}
-	require.Equal(t, keys, fake.Created(stripefake.KindPromotionCode))
-	require.Equal(t, keys, fake.RequestCount(), "one request per intent across the 4 processes")
-	require.Zero(t, fake.RequestsWithoutKey())
-	byState, bad := ledgerCounts(t, ctx, pool)
-	require.Equal(t, map[string]int{"applied": keys}, byState)
-	require.Zero(t, bad)
+	require.Positive(t, batches, "the sweeps claimed run by run")
+	require.Equal(t, keys, r.fake.RequestCount(), "one request per intent across the 4 processes")
+	requireOnePerKey(t, r.fake, keysOf(intents(keys))...)
+	requireAllApplied(t, r.ctx, r.pool, keys)
 }

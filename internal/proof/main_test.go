@@ -209,6 +209,7 @@ func workerMain() int {
 	}
 	rep, err := sweep.Run(ctx, exec, eff, sweep.Slice(intents(n)), cfg)
 	fmt.Println("proof worker:", rep.String())
+	fmt.Println("proof worker: claim batches", rep.ClaimBatches)
 	if err != nil {
 		return fail(err)
 	}
@@ -257,6 +258,9 @@ func startWorker(t *testing.T, dsn, stripeURL string, keys, concurrency int, off
 		envClockOffset+"="+offset.String(),
 		envCrash+"="+crash,
 		envCrashAt+"="+crashAt,
+		// The modes a test chooses through env, off unless it does (a
+		// shell that exported one must not change every worker).
+		envBatch+"=", envUncalled+"=", envPark+"=",
 	)
 	cmd.Env = append(cmd.Env, env...)
 	out := &syncBuffer{}

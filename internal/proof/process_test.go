@@ -2,6 +2,8 @@ package proof
 
 import (
 	"context"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -21,19 +23,31 @@ import (
 // PostgreSQL and one fake Stripe over loopback HTTP.
 func TestFourProcessesEightGoroutinesOneEffectPerKey(t *testing.T) {
 	t.Parallel()
-	const keys, procs, conc = 200, 4, 8
-	ctx := context.Background()
-	dsn := pgtest.ConnString(t)
-	migrated := poolFor(t, dsn)
-	require.NoError(t, pgguard.Migrate(ctx, migrated, nil))
-	fake := newFake(t)
+	const keys = 200
+	r, workers := fourProcesses(t, keys)
+	for i, w := range workers {
+		require.Zero(t, claimBatches(t, w.out.String()), "worker %d claims run by run:\n%s", i, w.out)
+	}
+	requireOnePerKey(t, r.fake, keysOf(intents(keys))...)
+	requireAllApplied(t, r.ctx, r.pool, keys)
+	t.Logf("4 processes x 8 goroutines over %d keys: %d objects, %d POSTs reached Stripe; worker reports:\n%s%s%s%s",
+		keys, r.fake.Created(stripefake.KindPromotionCode), r.fake.RequestCount(),
+		workers[0].out, workers[1].out, workers[2].out, workers[3].out)
+}
 
-	var wg sync.WaitGroup
-	errs := make([]error, procs)
+// fourProcesses starts 4 worker processes, each sweeping the same keys
+// intents with 8 goroutines (env is added to each worker's environment),
+// waits for all of them and requires that each succeeded.
+func fourProcesses(t *testing.T, keys int, env ...string) (*rig, []*worker) {
+	t.Helper()
+	const procs, conc = 4, 8
+	r := newRig(t, nil)
 	workers := make([]*worker, procs)
 	for i := range procs {
-		workers[i] = startWorker(t, dsn, fake.URL(), keys, conc, 0, "", "")
+		workers[i] = startWorker(t, r.dsn, r.fake.URL(), keys, conc, 0, "", "", env...)
 	}
+	var wg sync.WaitGroup
+	errs := make([]error, procs)
 	for i, w := range workers {
 		wg.Add(1)
 		go func() {
@@ -45,15 +59,17 @@ func TestFourProcessesEightGoroutinesOneEffectPerKey(t *testing.T) {
 	for i, err := range errs {
 		require.NoError(t, err, "worker %d:\n%s", i, workers[i].out)
 	}
+	return r, workers
+}
 
-	require.Equal(t, keys, fake.Created(stripefake.KindPromotionCode), "objects Stripe created")
-	require.Zero(t, fake.RequestsWithoutKey())
-	byStatus, bad := ledgerCounts(t, ctx, migrated)
-	require.Equal(t, map[string]int{"applied": keys}, byStatus)
-	require.Zero(t, bad, "applied rows without a result")
-	t.Logf("4 processes x 8 goroutines over %d keys: %d objects, %d POSTs reached Stripe; worker reports:\n%s%s%s%s",
-		keys, fake.Created(stripefake.KindPromotionCode), fake.RequestCount(),
-		workers[0].out, workers[1].out, workers[2].out, workers[3].out)
+// claimBatches reads the number of batch claims a worker reported.
+func claimBatches(t *testing.T, out string) int {
+	t.Helper()
+	m := regexp.MustCompile(`proof worker: claim batches (\d+)`).FindStringSubmatch(out)
+	require.NotNil(t, m, "the worker did not report its batch claims:\n%s", out)
+	n, err := strconv.Atoi(m[1])
+	require.NoError(t, err)
+	return n
 }
 
 // TestCrashAtEveryBoundaryThenRerun kills a worker process with SIGKILL at
