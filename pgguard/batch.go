@@ -460,7 +460,7 @@ func (s *Store) changeMany(ctx context.Context, db DBTX, changes []idempotency.C
 		if err != nil {
 			return fmt.Errorf("%s: evidence: %w", c.To, err)
 		}
-		keys[j], tokens[j], to[j], reasons[j], evidence[j] = c.Key, c.Token, string(c.To), c.Reason, ev
+		keys[j], tokens[j], to[j], reasons[j], evidence[j] = c.Key, c.Token, string(c.To), storedText(c.Reason), ev
 		from[j] = strings.Join(stateNames(c.From()), ",")
 		results[j] = c.Result
 		lease[j], due[j], window[j] = micros(c.Lease), micros(c.DueIn), micros(c.Window)

@@ -312,3 +312,49 @@ func TestBatchStatementsStayOnTheirGenericPlans(t *testing.T) {
 		require.LessOrEqual(t, p.Custom, int64(5), "planned again on every execution: %.200s", p.Statement)
 	}
 }
+
+// TestProviderTextWithNULOrBadUTF8IsStoredNotFatal: a reason or an error
+// message from a provider's answer may hold a NUL byte or invalid UTF-8,
+// which PostgreSQL refuses in text (and jsonb refuses as \u0000). Such a
+// change is stored with U+FFFD in their place; it does not fail its
+// statement, and in a batch it does not fail the provider success written
+// beside it.
+func TestProviderTextWithNULOrBadUTF8IsStoredNotFatal(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const nul, bad = "boom\x00nul", "bad \xff byte"
+	attempt := idempotency.Attempt{At: b.clock.Now(), Generation: 1, Class: idempotency.AttemptNotActed, Status: 429,
+		RequestID: "req\x00", Error: "too many\x00 requests \xfe"}
+
+	claims, err := b.store.ClaimMany(b.ctx, []idempotency.ClaimRequest{claimReq("done"), claimReq("nul"), claimReq("bad")})
+	require.NoError(t, err)
+	release := idempotency.Release("nul", claims[1].Record.Token, nul, 0)
+	release.Evidence = []idempotency.Attempt{attempt}
+	res, err := b.store.TransitionMany(b.ctx, []idempotency.Change{
+		idempotency.Complete("done", claims[0].Record.Token, []byte(`"promo_1"`)),
+		release,
+		idempotency.Release("bad", claims[2].Record.Token, bad, 0),
+	})
+	require.NoError(t, err)
+	for i, r := range res {
+		require.NoError(t, r.Err, "change %d", i)
+	}
+	recs, err := b.store.Lookup(b.ctx, []string{"done", "nul", "bad"})
+	require.NoError(t, err)
+	require.Equal(t, idempotency.StateApplied, recs["done"].State, "the provider's success is recorded")
+	require.Equal(t, "boom\uFFFDnul", recs["nul"].Reason)
+	require.Equal(t, "bad \uFFFD byte", recs["bad"].Reason)
+	require.Len(t, recs["nul"].Evidence, 1)
+	require.Equal(t, "too many\uFFFD requests \uFFFD", recs["nul"].Evidence[0].Error)
+	require.Equal(t, "req\uFFFD", recs["nul"].Evidence[0].RequestID)
+
+	// One change on its own, and an operator's settle and revoke.
+	c, err := b.store.Claim(b.ctx, claimReq("single"))
+	require.NoError(t, err)
+	rec, err := b.store.Transition(b.ctx, idempotency.Release("single", c.Record.Token, nul, 0))
+	require.NoError(t, err)
+	require.Equal(t, "boom\uFFFDnul", rec.Reason)
+	var op idempotency.Operator = b.store
+	_, err = op.Revoke(b.ctx, "done", bad)
+	require.NoError(t, err)
+}

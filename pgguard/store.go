@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
@@ -277,12 +278,32 @@ func micros(d time.Duration) int64 {
 
 // evidenceJSON encodes attempts as a jsonb parameter. It is sent as text, so
 // that every query execution mode (the simple protocol too) reads it as JSON.
+// Their free text (a provider's error, its request id) goes through
+// storedText first: jsonb refuses a NUL (\u0000).
 func evidenceJSON(attempts []idempotency.Attempt) (string, error) {
 	if len(attempts) == 0 {
 		return "[]", nil
 	}
-	b, err := json.Marshal(attempts)
+	clean := make([]idempotency.Attempt, len(attempts))
+	for i, a := range attempts {
+		a.Error, a.RequestID = storedText(a.Error), storedText(a.RequestID)
+		clean[i] = a
+	}
+	b, err := json.Marshal(clean)
 	return string(b), err
+}
+
+// storedText is s as a text column can hold it: PostgreSQL refuses a NUL
+// byte and invalid UTF-8 (SQLSTATE 22021), and a reason or an error message
+// comes from a provider's answer, which may hold either. Such a byte would
+// fail the whole statement: the change carrying it, and in a batch every
+// change with it, a provider's success among them. Each NUL and each
+// invalid sequence becomes U+FFFD.
+func storedText(s string) string {
+	if utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 {
+		return s
+	}
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
 }
 
 // Claim implements idempotency.Store in one statement (see the package
@@ -369,7 +390,7 @@ func (s *Store) Transition(ctx context.Context, c idempotency.Change) (idempoten
 	if c.To != "" {
 		to = (*string)(&c.To)
 	}
-	args := []any{c.Key, c.Token, to, stateNames(c.From()), c.Result, c.Reason, ev, micros(c.Lease), micros(c.DueIn),
+	args := []any{c.Key, c.Token, to, stateNames(c.From()), c.Result, storedText(c.Reason), ev, micros(c.Lease), micros(c.DueIn),
 		c.AttemptEnded, c.NewGeneration(), micros(c.Window), s.n.clock(), true}
 	op := "change to " + string(c.To)
 	if c.To == "" {
@@ -537,7 +558,7 @@ func (s *Store) Settle(ctx context.Context, req idempotency.SettleRequest) (idem
 	}
 	to := string(req.State)
 	args := []any{req.Key, req.Token, &to, stateNames(idempotency.Allowed(req.State, idempotency.ByOperator)), req.Result,
-		req.Reason, "[]", int64(0), int64(0), true, false, int64(0), s.n.clock(), req.Force}
+		storedText(req.Reason), "[]", int64(0), int64(0), true, false, int64(0), s.n.clock(), req.Force}
 	rec, err := s.fenced(ctx, s.db, "settle", args)
 	if !errors.Is(err, idempotency.ErrClaimLost) {
 		return rec, err
@@ -553,7 +574,7 @@ func (s *Store) Settle(ctx context.Context, req idempotency.SettleRequest) (idem
 // Revoke implements idempotency.Operator: one UPDATE of the applied or
 // skipped record; the stored result is kept for the audit trail.
 func (s *Store) Revoke(ctx context.Context, key string, reason string) (idempotency.Record, error) {
-	rec, err := scanRecord(s.db.QueryRow(ctx, s.q.revoke, key, reason, s.n.clock()))
+	rec, err := scanRecord(s.db.QueryRow(ctx, s.q.revoke, key, storedText(reason), s.n.clock()))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return idempotency.Record{}, idempotency.ErrNotFound
 	}
