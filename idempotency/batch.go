@@ -26,9 +26,11 @@ type BatchStore interface {
 	// meets the record it left (in flight, or a mismatch). Durable stores
 	// answer a batch of distinct keys in one statement.
 	//
-	// An error means the batch could not be answered: no Claim is returned,
-	// and a claim the store may have taken before the error is left to
-	// expire under its lease, exactly as when Claim's answer is lost.
+	// An error means the batch could not be answered: no Claim is returned.
+	// A claim the store knows it took before the error, on a key nothing
+	// may have acted on, should be released (the caller will never call
+	// under it); any other is left to expire under its lease, exactly as
+	// when Claim's answer is lost.
 	ClaimMany(ctx context.Context, reqs []ClaimRequest) ([]Claim, error)
 
 	// TransitionMany applies every change as Transition would and returns

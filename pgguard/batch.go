@@ -173,7 +173,7 @@ func (s *Store) ClaimMany(ctx context.Context, reqs []idempotency.ClaimRequest) 
 		round, rest := firstOfEachKey(pending, func(i int) string { return reqs[i].Key })
 		left, now, err := s.claimRound(ctx, reqs, round, out)
 		if err != nil {
-			return nil, err
+			return nil, s.giveBack(ctx, out, err)
 		}
 		// A later request for a key decided in this round meets the record
 		// the round left.
@@ -190,6 +190,42 @@ func (s *Store) ClaimMany(ctx context.Context, reqs []idempotency.ClaimRequest) 
 		pending = next
 	}
 	return out, nil
+}
+
+// giveBack is ClaimMany's answer to a statement that failed after earlier
+// ones took claims (a second round, a retry after a stale row): the caller
+// gets no Claim, so it will never call under them. Each such claim on a key
+// nothing may have acted on (a new record, or one that was released or
+// claimed before) is released at once, with the failure as its reason,
+// instead of staying held and, past its lease, looking as if a call may have
+// been made. A takeover of a record that may have acted stays held: past
+// its lease it is what it was before. Inside a caller's transaction the
+// failure rolls every claim back, and nothing is left to give.
+func (s *Store) giveBack(ctx context.Context, out []idempotency.Claim, cause error) error {
+	if _, inTx := s.db.(pgx.Tx); inTx {
+		return cause
+	}
+	var changes []idempotency.Change
+	for _, c := range out {
+		if c.Verdict.Holds() && !c.Record.PrevState.MayHaveActed() {
+			changes = append(changes, idempotency.Release(c.Record.Key, c.Record.Token, "claim batch failed before any call: "+cause.Error(), 0))
+		}
+	}
+	if len(changes) == 0 {
+		return cause
+	}
+	res, err := s.TransitionMany(context.WithoutCancel(ctx), changes)
+	if err != nil {
+		return errors.Join(cause, fmt.Errorf("pgguard: claim many: giving back %d claims: %w", len(changes), err))
+	}
+	for i, r := range res {
+		// ErrClaimLost: the claim was never committed (the failed
+		// statement's own rows), or its lease already passed to another.
+		if r.Err != nil && !errors.Is(r.Err, idempotency.ErrClaimLost) {
+			return errors.Join(cause, fmt.Errorf("pgguard: claim many: giving back %s: %w", changes[i].Key, r.Err))
+		}
+	}
+	return cause
 }
 
 // firstOfEachKey splits idx into the first index of each key (in order)
@@ -284,8 +320,8 @@ func (s *Store) claimRound(ctx context.Context, reqs []idempotency.ClaimRequest,
 			return nil
 		})
 		if err != nil {
-			// A statement that failed wrote nothing; the earlier tries'
-			// claims are left to expire under their leases.
+			// A statement that failed wrote nothing; ClaimMany gives back
+			// the earlier tries' claims (giveBack).
 			return nil, now, wrapErr(ctx, "claim many "+reqs[idx[0]].Namespace, err)
 		}
 		idx = stale

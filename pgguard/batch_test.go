@@ -358,3 +358,79 @@ func TestProviderTextWithNULOrBadUTF8IsStoredNotFatal(t *testing.T) {
 	_, err = op.Revoke(b.ctx, "done", bad)
 	require.NoError(t, err)
 }
+
+// failSecondClaim is the test's pool with one fault: the first batch claim
+// statement runs, but its row for the key hide is not read (as if another
+// worker had taken that key after the statement's snapshot, which makes
+// ClaimMany run the statement again), and that second statement fails.
+type failSecondClaim struct {
+	*pgxpool.Pool
+	hide   string
+	claims int
+}
+
+var errSecondClaim = errors.New("connection reset by peer (injected)")
+
+func (f *failSecondClaim) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if !strings.Contains(sql, "AS q(key, namespace, fp, lease, takeover, win, track, reconcile)") {
+		return f.Pool.Query(ctx, sql, args...)
+	}
+	f.claims++
+	if f.claims > 1 {
+		return nil, errSecondClaim
+	}
+	rows, err := f.Pool.Query(ctx, sql, args...)
+	return &hideRow{Rows: rows, key: f.hide}, err
+}
+
+type hideRow struct {
+	pgx.Rows
+	key string
+}
+
+func (h *hideRow) Next() bool {
+	for h.Rows.Next() {
+		if string(h.Rows.RawValues()[0]) != h.key {
+			return true
+		}
+	}
+	return false
+}
+
+// TestClaimManyThatFailsHalfWayGivesBackItsClaims: when a later statement
+// of ClaimMany fails, the caller gets no Claim and will never call; the
+// claims the earlier statement took on keys nothing may have acted on are
+// released at once with the failure as their reason (not held and, past
+// the lease, in doubt as if a call may have been made), while a takeover of
+// a record that may have acted stays as it was: held under its lease.
+func TestClaimManyThatFailsHalfWayGivesBackItsClaims(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	// "maybe": a record whose call may have acted, its lease expired.
+	first, err := b.store.Claim(b.ctx, claimReq("maybe"))
+	require.NoError(t, err)
+	b.clock.Advance(2 * time.Minute)
+
+	db := &failSecondClaim{Pool: b.pool, hide: "hidden"}
+	store, err := pgguard.New(db, &pgguard.Config{Now: b.clock.Now})
+	require.NoError(t, err)
+	takeover := claimReq("maybe")
+	takeover.TakeOver = true
+	_, err = store.ClaimMany(b.ctx, []idempotency.ClaimRequest{claimReq("fresh"), takeover, claimReq("hidden")})
+	require.ErrorIs(t, err, errSecondClaim)
+	require.Equal(t, 2, db.claims)
+
+	recs, err := b.store.Lookup(b.ctx, []string{"fresh", "maybe"})
+	require.NoError(t, err)
+	require.Equal(t, idempotency.StateReleased, recs["fresh"].State, "given back: nothing was called")
+	require.Contains(t, recs["fresh"].Reason, "claim batch failed before any call")
+	require.Contains(t, recs["fresh"].Reason, errSecondClaim.Error())
+	require.True(t, recs["fresh"].DueAt.IsZero(), "free at once")
+	require.Equal(t, idempotency.StateCalling, recs["maybe"].State, "a takeover of a record that may have acted stays held")
+	require.Greater(t, recs["maybe"].Token, first.Record.Token)
+
+	// The next claim of the given-back key acquires it at once.
+	again, err := b.store.Claim(b.ctx, claimReq("fresh"))
+	require.NoError(t, err)
+	require.Equal(t, idempotency.VerdictAcquired, again.Verdict)
+}
