@@ -16,6 +16,10 @@ import (
 // a number of results other than the number of items.
 var ErrResults = errors.New("group: results do not match the items sent")
 
+// ErrPanic is returned to the members of a group whose send panicked, all
+// but the one the panic goes on in.
+var ErrPanic = errors.New("group: the send panicked")
+
 // Batcher gathers items into groups and sends each group with one call to
 // Send. A group is sent when it holds Max items, when Window has passed
 // since its first item arrived, when Flush or Close is called, whichever
@@ -154,14 +158,34 @@ func (b *Batcher[T, R]) send(g *batch[T, R]) {
 	items := g.items
 	b.mu.Unlock()
 	if mine {
-		res, err := b.Send(items)
-		if err == nil && len(res) != len(items) {
-			err = fmt.Errorf("%w: %d results for %d items", ErrResults, len(res), len(items))
-		}
-		g.res, g.err = res, err
-		close(g.done)
+		b.sendGroup(g, items)
 	}
 	<-g.done
+}
+
+// sendGroup sends items and publishes the answer to g's members. If Send
+// panics (a hook of one member did), every other member gets ErrPanic
+// instead of waiting for ever, and the panic goes on in this one.
+func (b *Batcher[T, R]) sendGroup(g *batch[T, R], items []T) {
+	published := false
+	defer func() {
+		if published {
+			return
+		}
+		p := recover() // nil when Send called runtime.Goexit
+		g.err = fmt.Errorf("%w: %v", ErrPanic, p)
+		close(g.done)
+		if p != nil {
+			panic(p)
+		}
+	}()
+	res, err := b.Send(items)
+	if err == nil && len(res) != len(items) {
+		err = fmt.Errorf("%w: %d results for %d items", ErrResults, len(res), len(items))
+	}
+	g.res, g.err = res, err
+	published = true
+	close(g.done)
 }
 
 func (b *Batcher[T, R]) sendOne(item T) (R, error) {

@@ -198,3 +198,17 @@ func TestValuesPrefersTheFirstContextThenTheSecond(t *testing.T) {
 	require.Equal(t, "span", ctx.Value(other{}))
 	require.Nil(t, ctx.Value("missing"))
 }
+
+// TestAPanickingSendFailsTheOtherMembersInsteadOfHangingThem: when a
+// group's send panics (a hook of one member did), the panic goes on in the
+// member that sent, and every other member gets ErrPanic at once instead
+// of waiting for ever.
+func TestAPanickingSendFailsTheOtherMembersInsteadOfHangingThem(t *testing.T) {
+	t.Parallel()
+	b := &group.Batcher[int, int]{Send: func([]int) ([]int, error) { panic("hook exploded") }, Max: 2, After: never}
+	w1, w2 := b.Add(1), b.Add(2)
+	require.PanicsWithValue(t, "hook exploded", func() { _, _ = w1() }, "the sender's panic goes on")
+	_, err := w2()
+	require.ErrorIs(t, err, group.ErrPanic)
+	require.ErrorContains(t, err, "hook exploded")
+}
