@@ -124,10 +124,12 @@ func New(cfg Config) (*Program, error) {
 		return nil, err
 	}
 	p := &Program{db: cfg.DB, url: u, ledger: ledger, exec: exec, sweep: cfg.Sweep}
+	// ReceiverIgnoresKey: httpeffect records the start of each call
+	// (ExpiredRetryUncalled), so only a claim whose call never started is
+	// taken over; one that may have posted is left for an operator.
 	p.effect = httpeffect.Effect(Keys.Namespace, Key, p.request,
 		&httpeffect.Config{Client: cfg.Client, ReceiverIgnoresKey: true})
 	p.effect.Fingerprint = func(c Conversion) ([]byte, error) { return idempotency.FingerprintJSON(params(c)) }
-	p.effect.Expired = idempotency.ExpiredRetryUncalled
 	p.effect.Lease = Lease
 	p.effect.OnComplete = pgguard.OnComplete(p.record)
 	p.effect.OnFail = pgguard.OnFail(p.recordRefusal)

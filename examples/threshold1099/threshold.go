@@ -130,7 +130,10 @@ func New(cfg Config) (*Program, error) {
 	}
 	p := &Program{db: cfg.DB, endpoint: cfg.Endpoint, apiKey: cfg.APIKey, from: cfg.From, exec: exec, sweep: cfg.Sweep}
 
-	eff := httpeffect.Effect(Keys.Namespace, Key, p.request, &httpeffect.Config{Client: cfg.Client})
+	// The provider replays the first answer for a key within DedupWindow,
+	// so httpeffect's default (ExpiredRetry) retries a claim left by a dead
+	// worker under the same key, while the window lasts.
+	eff := httpeffect.Effect(Keys.Namespace, Key, p.request, &httpeffect.Config{Client: cfg.Client, DedupWindow: DedupWindow})
 	send := eff.Call
 	eff.Call = func(ctx context.Context, key idempotency.Key, c Candidate) (httpeffect.Response, error) {
 		if c.Email == "" {
@@ -141,10 +144,6 @@ func New(cfg Config) (*Program, error) {
 	// The message is the payload: the same key with another recipient or
 	// text is refused, never answered with the first message's replay.
 	eff.Fingerprint = func(c Candidate) ([]byte, error) { return idempotency.FingerprintJSON(p.message(c)) }
-	// The provider replays the first answer for a key within DedupWindow,
-	// so a claim left by a dead worker is retried under the same key.
-	eff.Expired = idempotency.ExpiredRetry
-	eff.DedupWindow = DedupWindow
 	eff.Lease = 2 * time.Minute // well above the client's 10s timeout
 	eff.OnComplete = pgguard.OnComplete(p.record)
 	eff.OnFail = pgguard.OnFail(p.recordRefusal)
