@@ -103,25 +103,12 @@ func (g *GroupStore) Transition(ctx context.Context, c Change) (Record, error) {
 	if err := ctx.Err(); err != nil {
 		return Record{}, err
 	}
-	c = withCallerValues(ctx, c)
+	c.Hook = group.WithCallerValues(ctx, c.Hook)
 	r, err := g.changes.Do(c)
 	if err != nil {
 		return Record{}, err
 	}
 	return r.Record, r.Err
-}
-
-// withCallerValues returns c with its hook wrapped so that the context the
-// hook gets carries the values of ctx too (a trace span, a logger), after
-// those of the store's own context (its transaction); c is returned as is
-// when it has no hook.
-func withCallerValues(ctx context.Context, c Change) Change {
-	if c.Hook == nil {
-		return c
-	}
-	hook := c.Hook
-	c.Hook = func(storeCtx context.Context) error { return hook(group.Values(storeCtx, ctx)) }
-	return c
 }
 
 // Lookup implements Store, directly.

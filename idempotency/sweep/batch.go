@@ -277,10 +277,7 @@ func (g *runGroup) Transition(ctx context.Context, c idempotency.Change) (idempo
 		sl.release()
 		holds = false
 	}
-	if c.Hook != nil {
-		hook := c.Hook
-		c.Hook = func(storeCtx context.Context) error { return hook(group.Values(storeCtx, ctx)) }
-	}
+	c.Hook = group.WithCallerValues(ctx, c.Hook)
 	g.mu.Lock()
 	wait := g.changes.AddIf(member{c: c, holds: holds}, g.stuck)
 	g.mu.Unlock()

@@ -208,6 +208,16 @@ func Values(first, then context.Context) context.Context {
 	return valuesCtx{Context: first, then: then}
 }
 
+// WithCallerValues wraps a hook that will run in a group, so that the
+// context it gets carries the values of its caller's ctx too, after those
+// of the group's own context (Values). A nil hook stays nil.
+func WithCallerValues(ctx context.Context, hook func(context.Context) error) func(context.Context) error {
+	if hook == nil {
+		return nil
+	}
+	return func(groupCtx context.Context) error { return hook(Values(groupCtx, ctx)) }
+}
+
 type valuesCtx struct {
 	context.Context
 	then context.Context
