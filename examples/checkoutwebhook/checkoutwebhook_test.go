@@ -38,13 +38,6 @@ type fixture struct {
 	srv   *httptest.Server // the webhook endpoint
 }
 
-func fakeSleep(clock *clocktest.Clock) func(context.Context, time.Duration) error {
-	return func(ctx context.Context, d time.Duration) error {
-		clock.Advance(d)
-		return ctx.Err()
-	}
-}
-
 func setup(t *testing.T) *fixture {
 	t.Helper()
 	ctx := context.Background()
@@ -53,7 +46,7 @@ func setup(t *testing.T) *fixture {
 	clock := clocktest.New()
 	lic := newLicenseService(t, clock.Now)
 	p, err := New(Config{DB: pool, WebhookSecret: secret, LicenseURL: lic.url(), APIKey: licenseAPIKey,
-		Now: clock.Now, Sleep: fakeSleep(clock)})
+		Now: clock.Now, Sleep: clock.Sleep})
 	require.NoError(t, err)
 	srv := httptest.NewServer(p)
 	t.Cleanup(srv.Close)

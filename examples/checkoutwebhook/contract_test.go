@@ -66,7 +66,7 @@ func TestProvisioningEffectContract(t *testing.T) {
 		},
 		Effects: f.lic.Effects, // licenses granted, not requests
 		Clock:   f.clock,       // the license service's window reads it too
-		Config:  &idempotency.Config{Sleep: fakeSleep(f.clock)},
+		Config:  &idempotency.Config{Sleep: f.clock.Sleep},
 	})
 	require.True(t, ok)
 	require.Equal(t, len(inputs), f.lic.Effects(), "one license per checkout session")

@@ -65,7 +65,7 @@ func TestMagicLinkEffectContract(t *testing.T) {
 		},
 		Effects: f.mail.Effects, // emails sent, not requests
 		Clock:   f.clock,        // the provider's window reads it too
-		Config:  &idempotency.Config{Sleep: fakeSleep(f.clock)},
+		Config:  &idempotency.Config{Sleep: f.clock.Sleep},
 	})
 	require.True(t, ok)
 	require.Equal(t, len(inputs), f.mail.Effects(), "one email per login request")

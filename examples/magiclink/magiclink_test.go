@@ -32,13 +32,6 @@ type fixture struct {
 	srv   *httptest.Server // the login form's handler
 }
 
-func fakeSleep(clock *clocktest.Clock) func(context.Context, time.Duration) error {
-	return func(ctx context.Context, d time.Duration) error {
-		clock.Advance(d)
-		return ctx.Err()
-	}
-}
-
 func setup(t *testing.T) *fixture {
 	t.Helper()
 	ctx := context.Background()
@@ -47,7 +40,7 @@ func setup(t *testing.T) *fixture {
 	clock := clocktest.New()
 	mail := newMailProvider(t, clock.Now)
 	p, err := New(Config{DB: pool, Endpoint: mail.endpoint(), APIKey: apiKey, From: "login@app.example",
-		LinkURL: "https://app.example/login/callback", Now: clock.Now, Sleep: fakeSleep(clock)})
+		LinkURL: "https://app.example/login/callback", Now: clock.Now, Sleep: clock.Sleep})
 	require.NoError(t, err)
 	srv := httptest.NewServer(p.Handler())
 	t.Cleanup(srv.Close)

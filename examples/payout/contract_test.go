@@ -61,7 +61,7 @@ func TestTransferEffectContract(t *testing.T) {
 		},
 		Effects: f.prov.Effects, // transfers made, not requests
 		Clock:   f.clock,        // the provider's window reads it too
-		Config:  &idempotency.Config{Sleep: fakeSleep(f.clock)},
+		Config:  &idempotency.Config{Sleep: f.clock.Sleep},
 	})
 	require.True(t, ok)
 	require.Equal(t, len(inputs), f.prov.Effects(), "one transfer per payout request")

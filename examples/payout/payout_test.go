@@ -29,14 +29,6 @@ type fixture struct {
 	p     *Program
 }
 
-// fakeSleep waits between in-run attempts by moving the fake clock.
-func fakeSleep(clock *clocktest.Clock) func(context.Context, time.Duration) error {
-	return func(ctx context.Context, d time.Duration) error {
-		clock.Advance(d)
-		return ctx.Err()
-	}
-}
-
 func setup(t *testing.T) *fixture {
 	t.Helper()
 	ctx := context.Background()
@@ -44,7 +36,7 @@ func setup(t *testing.T) *fixture {
 	require.NoError(t, Migrate(ctx, pool))
 	clock := clocktest.New()
 	prov := newPayoutsProvider(t, clock.Now)
-	p, err := New(Config{DB: pool, BaseURL: prov.url(), APIKey: apiKey, Now: clock.Now, Sleep: fakeSleep(clock)})
+	p, err := New(Config{DB: pool, BaseURL: prov.url(), APIKey: apiKey, Now: clock.Now, Sleep: clock.Sleep})
 	require.NoError(t, err)
 	return &fixture{ctx: ctx, pool: pool, prov: prov, clock: clock, p: p}
 }

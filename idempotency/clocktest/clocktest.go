@@ -6,6 +6,7 @@
 package clocktest
 
 import (
+	"context"
 	"sync"
 	"time"
 )
@@ -41,4 +42,12 @@ func (c *Clock) Set(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.t = t
+}
+
+// Sleep waits for d by moving the clock forward by d at once, for
+// idempotency.Config.Sleep: in-run retries then cost no real time. It
+// returns ctx's error, as a real wait that ctx ended would.
+func (c *Clock) Sleep(ctx context.Context, d time.Duration) error {
+	c.Advance(d)
+	return ctx.Err()
 }
